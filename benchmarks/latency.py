@@ -1,0 +1,85 @@
+"""Live latency: one signal at a time through the eight Prefect tasks inside an
+already-running flow, paper broker on the wall clock, contracts on, SQLite ledger.
+Reports p50/p99 over N signals (default 1,000) of signal-in -> broker acknowledgement
+(placement done) and of the whole eight steps.
+
+    python -m benchmarks.latency [N]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.common import emit, isolated_prefect
+
+
+async def _signals_through(n: int, db: str, use_prefect: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+    from brokers.base.clock import WallClock
+    from brokers.paper import PaperBroker
+    from tasks.context import Book, ExecutionContext, MarketData, PipelineConfig
+    from tasks.pipeline import STEPS, run_batch, run_step
+    from tasks.prefect_tasks import task_caller
+    from tasks.recorder import LedgerRecorder
+    from tradpal.ledger import Ledger
+
+    ledger = Ledger(db)
+    clock = WallClock()
+    broker = PaperBroker(cash=1e9, quote_currency="USDT", clock=clock, name="paper-bench")
+    broker.set_price("BTC/USDT", 50_000.0)
+    ctx = ExecutionContext(broker=broker, clock=clock, config=PipelineConfig(), market=MarketData(),
+                           book=Book(cash=1e9, quote_currency="USDT"), recorder=None, run_id="bench",
+                           namespace="bench", strategy="bench")
+    ledger.start_run("live", {}, run_id="bench")
+    ctx.recorder = LedgerRecorder(ledger, run_id="bench", namespace="bench", venue=broker.name)
+    acks, totals = [], []
+    base_call = task_caller("bench") if use_prefect else run_step
+    placement_done: list[float] = []
+
+    async def call(step, frame, c):
+        out = await base_call(step, frame, c)
+        if step is STEPS[4]:
+            placement_done.append(time.perf_counter())
+        return out
+
+    for i in range(n):
+        side = "buy" if i % 2 == 0 else "sell"
+        signal = pd.DataFrame([{"timestamp": pd.Timestamp.now(tz="UTC"), "symbol": "BTC/USDT", "side": side,
+                                "quantity": 0.01, "signal_id": f"lat-{i}"}])
+        t0 = time.perf_counter()
+        await run_batch(signal, ctx, call=call)
+        t1 = time.perf_counter()
+        acks.append(placement_done[-1] - t0)
+        totals.append(t1 - t0)
+    return np.array(acks) * 1e3, np.array(totals) * 1e3, dict(ctx.step_seconds)
+
+
+def main(n: int = 1000) -> None:
+    with isolated_prefect() as tmp:
+        from prefect import flow
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+        db = f"sqlite:///{tmp / 'ledger.db'}"
+
+        @flow(name="latency-bench")
+        async def bench() -> tuple:
+            return await _signals_through(n, db, use_prefect=True)
+
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            acks, totals, steps = asyncio.run(bench())
+        direct_acks, direct_totals, _ = asyncio.run(_signals_through(n, f"sqlite:///{tmp / 'direct.db'}", False))
+        emit("live_signal_to_ack_p50", float(np.percentile(acks, 50)), "ms", "<= 50")
+        emit("live_signal_to_ack_p99", float(np.percentile(acks, 99)), "ms", "<= 100")
+        emit("live_eight_tasks_p50", float(np.percentile(totals, 50)), "ms", None)
+        emit("live_eight_tasks_p99", float(np.percentile(totals, 99)), "ms", None)
+        emit("live_eight_steps_direct_p50", float(np.percentile(direct_totals, 50)), "ms", None)
+        for name, secs in steps.items():
+            emit(f"live_step_{name}_mean", secs / n * 1e3, "ms", None)
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""Brokers: one async protocol (`brokers.base`), many venues (`brokers.paper`, ...)."""

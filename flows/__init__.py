@@ -1,0 +1,1 @@
+"""The three flows: `paper_replay`, `live_execution`, `post_trade_analytics`."""

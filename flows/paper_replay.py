@@ -1,0 +1,51 @@
+"""Paper replay: historical OHLCV + a signals table through the eight tasks, with the
+paper broker on a simulated clock. Batches of signals, not bars, are the unit of work,
+so Prefect's per-task cost is paid per batch (see README, "Prefect overhead")."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from tasks.prefect_tasks import task_caller
+from tradpal import progress
+from tradpal.config import load_settings
+from tradpal.ledger import Ledger
+from tradpal.replay import ReplayInputs, ReplayParams, load_inputs, run_replay, write_outputs
+from tradpal.reporting import summary_markdown
+
+
+@task(name="load-inputs", cache_policy=NO_CACHE, persist_result=False)
+def load_inputs_task(params: ReplayParams) -> ReplayInputs:
+    return load_inputs(params)
+
+
+@task(name="publish-results", cache_policy=NO_CACHE, persist_result=False)
+def publish_task(summary: dict, reports: pd.DataFrame, out_dir: str | None, equity: pd.DataFrame, ledger: Ledger) -> dict:
+    if out_dir:
+        paths = write_outputs(out_dir, reports, summary, equity)
+        summary = {**summary, "outputs": [str(p) for p in paths]}
+    create_markdown_artifact(key="replay-summary", markdown=summary_markdown(summary),
+                             description="Paper replay summary")
+    fills = reports[reports["quantity"] > 0].head(500)
+    create_table_artifact(key="replay-fills", description="Fills (first 500)", table=[
+        {"timestamp": str(r.timestamp), "signal_id": r.signal_id, "side": r.side,
+         "quantity": r.quantity, "price": r.price, "fee": r.fee} for r in fills.itertuples()])
+    ledger.finish_run(summary["run_id"], "completed", summary)
+    return summary
+
+
+@flow(name="paper-replay", persist_result=False)
+async def paper_replay(ohlcv: str, signals: str, symbol: str, cash: float = 10_000.0, fee_rate: float = 0.001,
+                       slippage_bps: float = 0.0, out: str | None = None, database_url: str | None = None,
+                       chunk_signals: int = 500) -> dict:
+    """Replay ``signals`` against the bars in ``ohlcv``; returns the summary."""
+    params = ReplayParams(ohlcv, signals, symbol, cash, fee_rate, slippage_bps, out, chunk_signals)
+    inputs = load_inputs_task(params)
+    ledger = Ledger(database_url or load_settings().ledger_url())
+    result = await run_replay(params, inputs, ledger, caller=task_caller,
+                              flow_run_id=str(flow_run.id) if flow_run.id else None, on_batch=progress.report)
+    return publish_task(result.summary, result.reports, out, result.equity, ledger)

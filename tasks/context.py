@@ -1,0 +1,165 @@
+"""What the steps share: configuration, market data, the broker, the clock and the book.
+
+`ExecutionContext` is deliberately a plain class (not a dataclass): Prefect inspects
+task arguments, and this object holds large arrays it must not walk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from brokers.base import BaseBroker
+from brokers.base.clock import SimulatedClock, WallClock
+
+
+@dataclass(frozen=True)
+class SizingConfig:
+    """Step 2. ``method``: ``signal`` (the signal's quantity), ``fixed`` (``quantity``
+    for every signal) or ``fixed_fractional`` (``fraction`` of equity per trade)."""
+
+    method: str = "signal"
+    quantity: float | None = None
+    fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in ("signal", "fixed", "fixed_fractional"):
+            raise ValueError(f"sizing.method: expected signal, fixed or fixed_fractional, got {self.method!r}")
+        if self.method == "fixed" and not (self.quantity or 0) > 0:
+            raise ValueError("sizing.quantity: must be > 0 for method 'fixed'")
+        if self.method == "fixed_fractional" and not 0 < (self.fraction or 0) <= 1:
+            raise ValueError("sizing.fraction: must be in (0, 1] for method 'fixed_fractional'")
+
+
+@dataclass(frozen=True)
+class SymbolRules:
+    """Venue rules for a symbol. ``lot_size``/``tick_size`` None: no rounding."""
+
+    lot_size: float | None = None
+    tick_size: float | None = None
+    min_quantity: float = 0.0
+    min_notional: float = 0.0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    sizing: SizingConfig = field(default_factory=SizingConfig)
+    rules: dict[str, SymbolRules] = field(default_factory=dict)
+    default_rules: SymbolRules = field(default_factory=SymbolRules)
+    time_in_force: str = "GTC"
+    check_balance: bool = True  # step 4 projects cash/position over the batch
+    max_price_deviation: float = 0.25  # limit/stop price vs reference, as a fraction
+    order_timeout_s: float | None = 30.0  # monitoring cancels what is still open after this
+    poll_interval_s: float = 0.2
+    client_id_prefix: str = "tp"
+
+    def rules_for(self, symbol: str) -> SymbolRules:
+        return self.rules.get(symbol, self.default_rules)
+
+
+class MarketData:
+    """Bars per symbol as numpy arrays, for reference prices and marking to market."""
+
+    def __init__(self, bars: dict[str, pd.DataFrame] | None = None) -> None:
+        self.bars: dict[str, pd.DataFrame] = {}
+        self._ts: dict[str, np.ndarray] = {}
+        self._close: dict[str, np.ndarray] = {}
+        for symbol, frame in (bars or {}).items():
+            self.add(symbol, frame)
+
+    def add(self, symbol: str, frame: pd.DataFrame) -> None:
+        self.bars[symbol] = frame
+        self._ts[symbol] = frame["timestamp"].to_numpy("datetime64[ns]").view("int64")
+        self._close[symbol] = frame["close"].to_numpy("float64")
+
+    def __contains__(self, symbol: str) -> bool:
+        return symbol in self.bars
+
+    @property
+    def symbols(self) -> list[str]:
+        return list(self.bars)
+
+    def timestamps(self, symbol: str) -> np.ndarray:
+        return self._ts[symbol]
+
+    def closes(self, symbol: str) -> np.ndarray:
+        return self._close[symbol]
+
+    def last_close_at(self, symbol: str, ts_ns: np.ndarray) -> np.ndarray:
+        """Close of the last bar that opened at or before each time (NaN before the first bar)."""
+        if symbol not in self._ts:
+            return np.full(len(ts_ns), np.nan)
+        idx = np.searchsorted(self._ts[symbol], ts_ns, side="right") - 1
+        out = np.where(idx >= 0, self._close[symbol][np.clip(idx, 0, None)], np.nan)
+        return out.astype("float64")
+
+
+@dataclass
+class Book:
+    """The pipeline's own view of cash and positions (step 7), checked against the broker."""
+
+    cash: float
+    quote_currency: str
+    positions: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    cost_basis: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    realized_pnl: float = 0.0
+    realized_by_symbol: dict[str, float] = field(default_factory=dict)
+    fees: float = 0.0
+    last_price: dict[str, float] = field(default_factory=dict)
+
+    def equity(self) -> float:
+        return self.cash + sum(q * self.last_price.get(s, 0.0) for s, q in self.positions.items())
+
+
+@dataclass
+class OpenOrder:
+    """Monitoring's memory of an order that is not terminal yet."""
+
+    row: dict[str, Any]
+    fills_seen: int = 0
+    cum_qty: float = 0.0
+    avg_px: float = 0.0
+    cum_fee: float = 0.0
+
+
+class ExecutionContext:
+    """Everything a step needs besides its input frame."""
+
+    def __init__(
+        self,
+        *,
+        broker: BaseBroker,
+        clock: WallClock | SimulatedClock,
+        config: PipelineConfig,
+        market: MarketData,
+        book: Book,
+        recorder: Any,
+        run_id: str,
+        namespace: str,
+        strategy: str = "default",
+    ) -> None:
+        self.broker = broker
+        self.clock = clock
+        self.config = config
+        self.market = market
+        self.book = book
+        self.recorder = recorder
+        self.run_id = run_id
+        self.namespace = namespace
+        self.default_strategy = strategy
+        self.open_orders: dict[str, OpenOrder] = {}
+        self.monitor_until: pd.Timestamp | None = None  # replay: the end of the current chunk
+        self.final = False  # replay: the last chunk; whatever is still open expires
+        self.equity_segments: list[pd.DataFrame] = []
+        self.step_seconds: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.started = time.perf_counter()
+
+    @property
+    def venue(self) -> str:
+        return self.broker.name

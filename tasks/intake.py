@@ -1,0 +1,66 @@
+"""Step 1 — signal intake: normalise raw signals, reject bad or repeated ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tasks.context import ExecutionContext
+from tasks.contracts import SignalFrame
+from tasks.step import StepResult, rejections
+from tradpal.io import check_signal_rows
+
+COLUMNS = list(SignalFrame.to_schema().columns)
+
+
+def _normalise(raw: pd.DataFrame, ctx: ExecutionContext) -> pd.DataFrame:
+    df = raw.reset_index(drop=True).copy()
+    n = len(df)
+    if "signal_id" not in df:
+        df["signal_id"] = [f"{ctx.run_id[:8]}-{i + 1}" for i in range(n)]
+    df["signal_id"] = df["signal_id"].astype(str).str.strip()
+    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True).astype("datetime64[ns, UTC]")
+    df["symbol"] = df["symbol"].astype(str).str.strip().str.upper()
+    df["side"] = df["side"].astype(str).str.strip().str.lower()
+    df["strategy"] = df["strategy"].fillna(ctx.default_strategy).astype(str) if "strategy" in df else ctx.default_strategy
+    df["order_type"] = (df["order_type"].fillna("market").astype(str).str.strip().str.lower()
+                        if "order_type" in df else "market")
+    for col in ("quantity", "limit_price", "stop_price", "reference_price"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64") if col in df else np.nan
+    if "received_at" in df:
+        df["received_at"] = pd.to_datetime(df["received_at"], utc=True).astype("datetime64[ns, UTC]")
+    else:
+        df["received_at"] = pd.Series([ctx.clock.now()] * n, dtype="datetime64[ns, UTC]")
+    return df
+
+
+def _fill_reference_prices(df: pd.DataFrame, ctx: ExecutionContext) -> None:
+    missing = df["reference_price"].isna()
+    if not missing.any():
+        return
+    ts = df["timestamp"].to_numpy("datetime64[ns]").view("int64")
+    for symbol in df.loc[missing, "symbol"].unique():
+        rows = missing & (df["symbol"] == symbol)
+        df.loc[rows, "reference_price"] = ctx.market.last_close_at(symbol, ts[rows.to_numpy()])
+
+
+def intake_signals(raw: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
+    """Validate each raw signal; the good ones become a `SignalFrame`.
+
+    Rejected (into the ledger, with the reason): malformed rows, a signal id repeated
+    in the batch, and a signal id the ledger has already seen (a re-delivery)."""
+    df = _normalise(raw, ctx)
+    reasons = pd.Series([None] * len(df), dtype=object)
+    for pos, col, why in check_signal_rows(df):
+        if reasons.iat[pos] is None:
+            reasons.iat[pos] = f"{col}: {why}"
+    dup = df["signal_id"].duplicated() & reasons.isna()
+    reasons[dup] = "duplicate signal_id in this batch"
+    seen = ctx.recorder.known_signal_ids(df.loc[reasons.isna(), "signal_id"].tolist())
+    again = df["signal_id"].isin(seen) & reasons.isna()
+    reasons[again] = "signal already received (re-delivery ignored; see its first record in the ledger)"
+    bad = reasons.notna().to_numpy()
+    good = df.loc[~bad].reset_index(drop=True)
+    _fill_reference_prices(good, ctx)
+    rejected = rejections(df.loc[bad, "signal_id"], reasons[bad])
+    return StepResult(good[COLUMNS], rejected)

@@ -1,0 +1,130 @@
+"""Step 6 — execution monitoring: wait on the clock, poll every open order, report each
+new fill (partial or complete) and each terminal state; cancel what outlives its
+timeout; at the end of a replay, cancel what can no longer fill.
+
+Monitoring keeps what it has seen in ``ctx.open_orders`` and only commits that memory
+when the whole pass succeeded, so a retried pass reports nothing twice and loses nothing.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from brokers.base import OrderResult, OrderStatus
+from tasks.context import ExecutionContext, OpenOrder
+from tasks.contracts import ExecutionFrame
+from tasks.step import StepResult, rejections
+
+COLUMNS = list(ExecutionFrame.to_schema().columns)
+END_OF_DATA = "unfilled: the market data ended before the order could fill"
+
+
+def _ts(value) -> pd.Timestamp:
+    t = pd.Timestamp(value)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def _base(row: dict, result: OrderResult) -> dict:
+    return {
+        "client_order_id": row["client_order_id"], "broker_order_id": result.order_id,
+        "signal_id": row["signal_id"], "symbol": row["symbol"], "side": row["side"],
+        "strategy": row["strategy"], "order_qty": float(row["quantity"]),
+        "reference_price": row["reference_price"], "signal_time": row["signal_time"],
+        "placed_at": row["placed_at"], "status": result.status.value,
+    }
+
+
+def reports_for(open_order: OpenOrder, result: OrderResult, reason: str | None = None) -> list[dict]:
+    """Execution reports for what changed since ``open_order`` was last seen."""
+    row, reports = open_order.row, []
+    cum, notional, fees = open_order.cum_qty, open_order.cum_qty * open_order.avg_px, open_order.cum_fee
+    new_fills = result.fills[open_order.fills_seen:]
+    for i, fill in enumerate(new_fills, start=open_order.fills_seen + 1):
+        cum += fill.quantity
+        notional += fill.quantity * fill.price
+        fees += fill.fee
+        last = i == len(result.fills) and result.status == OrderStatus.FILLED
+        reports.append({
+            **_base(row, result), "exec_type": "FILL" if last else "PARTIAL_FILL",
+            "timestamp": _ts(fill.timestamp), "trade_id": fill.trade_id or f"{result.order_id}-{i}",
+            "last_qty": fill.quantity, "last_px": fill.price, "last_fee": fill.fee,
+            "fee_currency": fill.fee_currency, "is_maker": fill.is_maker, "model_price": fill.reference_price,
+            "cum_qty": cum, "avg_px": notional / cum, "cum_fee": fees, "reason": None,
+        })
+    if result.status.is_terminal and result.status != OrderStatus.FILLED:
+        reports.append({
+            **_base(row, result), "exec_type": result.status.value, "timestamp": _ts(result.timestamp),
+            "trade_id": None, "last_qty": 0.0, "last_px": None, "last_fee": 0.0, "fee_currency": None,
+            "is_maker": False, "model_price": None, "cum_qty": cum, "avg_px": notional / cum if cum > 0 else None,
+            "cum_fee": fees, "reason": reason or result.reason,
+        })
+    return reports
+
+
+async def _poll(ctx: ExecutionContext, memory: dict[str, OpenOrder], reports: list[dict],
+                reason: str | None = None) -> None:
+    for coid, oo in list(memory.items()):
+        result = await ctx.broker.get_order_status(oo.row["broker_order_id"], oo.row["symbol"])
+        _advance(memory, coid, oo, result, reports, reason)
+
+
+def _advance(memory: dict[str, OpenOrder], coid: str, oo: OpenOrder, result: OrderResult,
+             reports: list[dict], reason: str | None = None) -> None:
+    new = reports_for(oo, result, reason)
+    reports.extend(new)
+    fills = [r for r in new if r["last_qty"] > 0]
+    if fills:
+        last = fills[-1]
+        memory[coid] = OpenOrder(oo.row, len(result.fills), last["cum_qty"], last["avg_px"], last["cum_fee"])
+    if result.status.is_terminal:
+        memory.pop(coid, None)
+
+
+async def _cancel(ctx: ExecutionContext, memory: dict[str, OpenOrder], coids: list[str],
+                  reports: list[dict], reason: str) -> None:
+    for coid in coids:
+        oo = memory[coid]
+        result = await ctx.broker.cancel_order(oo.row["broker_order_id"], oo.row["symbol"])
+        _advance(memory, coid, oo, result, reports, reason)
+
+
+async def monitor_executions(placed: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
+    """Report fills and terminal states of every open order (this batch's and earlier ones)."""
+    cfg = ctx.config
+    memory = dict(ctx.open_orders)
+    for row in placed.to_dict("records"):
+        memory.setdefault(row["client_order_id"], OpenOrder(row))
+    reports: list[dict] = []
+    now = ctx.clock.now()
+    deadline = ctx.monitor_until if ctx.monitor_until is not None else (
+        now + pd.Timedelta(seconds=cfg.order_timeout_s or 0.0))
+    await _poll(ctx, memory, reports)
+    while memory and ctx.clock.now() < deadline:
+        await ctx.clock.sleep_until(ctx.clock.next_wake(deadline, cfg.poll_interval_s))
+        await _poll(ctx, memory, reports)
+    if cfg.order_timeout_s is not None:
+        limit = pd.Timedelta(seconds=cfg.order_timeout_s)
+        stale = [c for c, oo in memory.items() if ctx.clock.now() - oo.row["placed_at"] >= limit]
+        await _cancel(ctx, memory, stale, reports, f"canceled: still open after the {cfg.order_timeout_s:g}s timeout")
+    if ctx.final:
+        await _cancel(ctx, memory, list(memory), reports, END_OF_DATA)
+    ctx.open_orders = memory
+    frame = pd.DataFrame(reports, columns=COLUMNS)
+    frame = _typed(frame)
+    refused = frame[frame["exec_type"] == "REJECTED"]
+    return StepResult(frame, rejections(refused["signal_id"], refused["reason"].fillna("rejected by the broker"),
+                                        refused["client_order_id"]))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    for col in ("timestamp", "signal_time", "placed_at"):
+        frame[col] = pd.to_datetime(frame[col], utc=True).astype("datetime64[ns, UTC]")
+    for col in ("last_qty", "last_px", "last_fee", "model_price", "order_qty", "cum_qty", "avg_px", "cum_fee",
+                "reference_price"):
+        frame[col] = pd.to_numeric(frame[col]).astype("float64")
+    frame["is_maker"] = frame["is_maker"].astype(bool)
+    for col in ("client_order_id", "broker_order_id", "signal_id", "symbol", "side", "strategy", "exec_type", "status"):
+        frame[col] = frame[col].astype(object)
+    for col in ("trade_id", "fee_currency", "reason"):
+        frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
+    return frame.sort_values(["timestamp"], kind="stable").reset_index(drop=True)

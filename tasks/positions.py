@@ -1,0 +1,116 @@
+"""Step 7 — position management: apply each fill to the book (cash, positions, average
+cost, realised P&L), mark the book to market, and check it against the broker's own
+account: a difference means something was lost, and the run stops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tasks.context import Book, ExecutionContext
+from tasks.step import StepResult
+
+
+class BookMismatch(RuntimeError):
+    """The pipeline's book and the broker's account disagree: a fill was lost or doubled.
+    Stop trading and reconcile before going on."""
+
+
+def apply_fills(reports: pd.DataFrame, book: Book) -> pd.DataFrame:
+    """Book each report in order; returns the reports with the book after each."""
+    pos_after, cash_after, pnl = [], [], []
+    for sym, side, qty, px, fee in zip(reports["symbol"], reports["side"], reports["last_qty"],
+                                       reports["last_px"], reports["last_fee"], strict=True):
+        realized = 0.0
+        if qty > 0:
+            held = book.positions[sym]
+            if side == "buy":
+                book.cash -= qty * px + fee
+                book.cost_basis[sym] += qty * px
+                book.positions[sym] = held + qty
+            else:
+                avg = book.cost_basis[sym] / held if held > 0 else px
+                realized = (px - avg) * qty
+                book.cash += qty * px - fee
+                book.cost_basis[sym] -= avg * qty
+                book.positions[sym] = held - qty
+            book.realized_pnl += realized
+            book.realized_by_symbol[sym] = book.realized_by_symbol.get(sym, 0.0) + realized
+            book.fees += fee
+        pos_after.append(book.positions[sym])
+        cash_after.append(book.cash)
+        pnl.append(realized)
+    out = reports.copy()
+    out["position_after"] = np.asarray(pos_after, dtype="float64")
+    out["cash_after"] = np.asarray(cash_after, dtype="float64")
+    out["realized_pnl"] = np.asarray(pnl, dtype="float64")
+    return out
+
+
+def equity_segment(ctx: ExecutionContext, fills: pd.DataFrame, start_ns: int, end_ns: int,
+                   cash_before: float, positions_before: dict[str, float]) -> pd.DataFrame:
+    """Equity per bar in (start, end]: cash + sum(position x close), vectorised."""
+    symbols = ctx.market.symbols
+    stamps = [ctx.market.timestamps(s) for s in symbols]
+    grid = np.unique(np.concatenate([t[(t > start_ns) & (t <= end_ns)] for t in stamps])) if symbols else np.array([], "int64")
+    if len(grid) == 0:
+        return pd.DataFrame(columns=["timestamp", "cash", "position_value", "equity"])
+    f_ts = fills["timestamp"].to_numpy("datetime64[ns]").view("int64")
+    sign = np.where(fills["side"].to_numpy() == "buy", 1.0, -1.0)
+    qty, px, fee = (fills[c].to_numpy("float64") for c in ("last_qty", "last_px", "last_fee"))
+    cash_delta = np.where(sign > 0, -(qty * px + fee), qty * px - fee)
+    at = np.searchsorted(f_ts, grid, side="right")  # fills up to and including each bar
+    cash = cash_before + np.concatenate([[0.0], np.cumsum(cash_delta)])[at]
+    value = np.zeros(len(grid))
+    for sym, ts in zip(symbols, stamps, strict=True):
+        mine = (fills["symbol"] == sym).to_numpy()
+        held = positions_before.get(sym, 0.0) + np.concatenate([[0.0], np.cumsum(np.where(mine, sign * qty, 0.0))])[at]
+        idx = np.searchsorted(ts, grid, side="right") - 1
+        close = np.where(idx >= 0, ctx.market.closes(sym)[np.clip(idx, 0, None)], 0.0)
+        value += held * close
+    return pd.DataFrame({"timestamp": pd.to_datetime(grid, utc=True), "cash": cash,
+                         "position_value": value, "equity": cash + value})
+
+
+async def manage_positions(executions: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
+    book = ctx.book
+    cash_before, positions_before = book.cash, dict(book.positions)
+    booked = apply_fills(executions, book)
+    now_ns = int(ctx.clock.now().value)
+    start_ns = getattr(ctx, "marked_until_ns", np.iinfo("int64").min)
+    fills = booked[booked["last_qty"] > 0].sort_values("timestamp", kind="stable")
+    segment = equity_segment(ctx, fills, start_ns, now_ns, cash_before, positions_before)
+    ctx.marked_until_ns = now_ns
+    for sym in list(book.positions):
+        if sym in ctx.market:
+            last = ctx.market.last_close_at(sym, np.array([now_ns]))[0]
+            if last == last:
+                book.last_price[sym] = float(last)
+    await check_against_broker(ctx)
+    return StepResult(booked, extra={"equity": segment, "positions": snapshot(book, ctx.clock.now())})
+
+
+def snapshot(book: Book, as_of: pd.Timestamp) -> pd.DataFrame:
+    """One row per symbol ever held: quantity, average cost, mark and P&L."""
+    rows = []
+    for sym, qty in book.positions.items():
+        mark = book.last_price.get(sym)
+        avg = book.cost_basis[sym] / qty if qty > 1e-15 else 0.0
+        rows.append({"symbol": sym, "quantity": qty, "average_price": avg, "market_price": mark,
+                     "realized_pnl": book.realized_by_symbol.get(sym, 0.0),
+                     "unrealized_pnl": qty * (mark - avg) if mark is not None else 0.0, "as_of": as_of})
+    return pd.DataFrame(rows, columns=["symbol", "quantity", "average_price", "market_price", "realized_pnl",
+                                       "unrealized_pnl", "as_of"])
+
+
+async def check_against_broker(ctx: ExecutionContext) -> None:
+    account = await ctx.broker.get_account_info()
+    book = ctx.book
+    theirs = account.balances.get(book.quote_currency, 0.0)
+    if abs(theirs - book.cash) > 1e-6 * max(1.0, abs(book.cash)):
+        raise BookMismatch(f"cash: book {book.cash!r} != broker {theirs!r} {book.quote_currency}")
+    for sym, qty in book.positions.items():
+        base = sym.split("/")[0]
+        held = account.balances.get(base, 0.0)
+        if abs(held - qty) > 1e-9 * max(1.0, abs(qty)):
+            raise BookMismatch(f"position {sym}: book {qty!r} != broker {held!r}")

@@ -1,0 +1,31 @@
+"""Step 4 — pre-execution checks (`risk.checks`): symbol known, minimums, price sanity,
+and (when configured) the balance projected over the batch."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from risk.checks import check_balance, check_minimums, check_price_sanity, check_symbol_known, first_reason
+from tasks.context import ExecutionContext
+from tasks.step import StepResult, rejections
+
+
+def pre_execution_checks(orders: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
+    cfg = ctx.config
+    now = ctx.clock.now()
+    symbols = orders["symbol"].unique()
+    known = set(ctx.market.symbols) | set(cfg.rules)
+    results = [
+        check_symbol_known(orders, known),
+        check_minimums(orders, {s: cfg.rules_for(s).min_quantity for s in symbols},
+                       {s: cfg.rules_for(s).min_notional for s in symbols}),
+        check_price_sanity(orders, cfg.max_price_deviation),
+    ]
+    if cfg.check_balance:
+        results.append(check_balance(orders, ctx.book.cash, ctx.book.positions, now))
+    reasons = first_reason(*results)
+    bad = pd.notna(reasons)
+    out = orders.loc[~bad].copy()
+    out["checked_at"] = pd.Series([now] * len(out), index=out.index, dtype="datetime64[ns, UTC]")
+    rejected = rejections(orders.loc[bad, "signal_id"], reasons[bad], orders.loc[bad, "client_order_id"])
+    return StepResult(out.reset_index(drop=True), rejected)

@@ -1,0 +1,59 @@
+"""The thin Prefect shell: one `@task` per step, around `tasks.pipeline.run_step`.
+
+Only the steps that talk to a broker retry, with backoff, and only on retryable broker
+errors (connection, rate limit). No caching and no result persistence: frames are
+passed in memory, and idempotency comes from client order ids, not from Prefect."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+
+from brokers.base import BrokerError
+from tasks.context import ExecutionContext
+from tasks.pipeline import STEPS, Step, provenance, run_step
+
+RETRIES = 3
+RETRY_DELAYS = [0.5, 1.0, 2.0]
+
+
+def retry_only_retryable(task: Task, task_run, state) -> bool:
+    """Retry a broker step only if it failed with a retryable `BrokerError`."""
+    try:
+        state.result()
+    except BrokerError as exc:
+        return exc.retryable
+    except Exception:
+        return False
+    return False
+
+
+def _make_task(step: Step) -> Task:
+    async def step_task(frame: pd.DataFrame, ctx: ExecutionContext, label: str = "") -> pd.DataFrame:
+        return await run_step(step, frame, ctx)
+
+    step_task.__name__ = step.name
+    options = dict(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
+                   retry_condition_fn=retry_only_retryable) if step.talks_to_broker else {}
+    return task(step_task, name=step.title, task_run_name=f"{step.title} [{{label}}]",
+                cache_policy=NO_CACHE, persist_result=False, **options)
+
+
+STEP_TASKS: dict[str, Task] = {step.name: _make_task(step) for step in STEPS}
+
+
+def task_caller(label: str):
+    """A ``call`` for `tasks.pipeline.run_batch` that runs each step as its Prefect task.
+    A broker step that still fails after its retries fails every order of its batch in
+    the ledger, with the reason, before the error stops the flow."""
+
+    async def call(step: Step, frame: pd.DataFrame, ctx: ExecutionContext) -> pd.DataFrame:
+        try:
+            return await STEP_TASKS[step.name](frame, ctx, label)
+        except BrokerError as exc:
+            reason = f"{step.name} failed after {RETRIES} retries: {type(exc).__name__}: {exc}"
+            ctx.recorder.record_failure(step.name, frame, reason, provenance(ctx))
+            raise
+
+    return call

@@ -1,0 +1,114 @@
+"""Persistence of each step's outcome: one ledger transaction per step call, so a
+crash never leaves an order without its signal or a fill without its order, and every
+rejection is written with its step and reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from tradpal.ledger import Ledger, Provenance
+
+
+def _latest_per_order(reports: pd.DataFrame) -> pd.DataFrame:
+    last = reports.drop_duplicates("client_order_id", keep="last")
+    return pd.DataFrame({
+        "client_order_id": last["client_order_id"], "status": last["status"],
+        "filled_quantity": last["cum_qty"], "avg_price": last["avg_px"], "fees": last["cum_fee"],
+        "fee_currency": last["fee_currency"], "reason": last["reason"], "updated_at": last["timestamp"],
+    })
+
+
+class LedgerRecorder:
+    """Writes what each step did to the ledger, tagged with the Prefect run ids."""
+
+    def __init__(self, ledger: Ledger, *, run_id: str, namespace: str, venue: str) -> None:
+        self.ledger, self.run_id, self.namespace, self.venue = ledger, run_id, namespace, venue
+
+    def known_signal_ids(self, signal_ids: list[str]) -> set[str]:
+        return self.ledger.existing_signal_ids(self.namespace, signal_ids) if signal_ids else set()
+
+    def record(self, step: str, frame: pd.DataFrame, rejected: pd.DataFrame, prov: Provenance,
+               extra: dict[str, Any] | None = None) -> None:
+        writer = getattr(self, f"_{step}", None)
+        with self.ledger.transaction() as s:
+            if writer is not None:
+                writer(s, frame, prov, extra or {})
+            if len(rejected):
+                self._reject(s, step, rejected, prov)
+            self.ledger.audit(s, f"step.{step}", "batch", payload={"rows_out": len(frame), "rejected": len(rejected)},
+                              prov=prov)
+
+    def record_failure(self, step: str, frame: pd.DataFrame, reason: str, prov: Provenance) -> None:
+        """A step failed for good (retries exhausted): every order in its input fails with the reason."""
+        with self.ledger.transaction() as s:
+            rej = pd.DataFrame({"signal_id": frame["signal_id"], "client_order_id": frame.get("client_order_id"),
+                                "reason": reason})
+            self._reject(s, step, rej, prov)
+            self.ledger.audit(s, f"step.{step}.failed", "batch", payload={"reason": reason, "rows": len(frame)},
+                              prov=prov)
+
+    def _reject(self, s, step: str, rejected: pd.DataFrame, prov: Provenance) -> None:
+        rows = rejected.assign(step=step)
+        self.ledger.record_rejections(s, rows, namespace=self.namespace, prov=prov)
+        coids = rows["client_order_id"].dropna()
+        if len(coids):
+            known = rows[rows["client_order_id"].notna()]
+            self.ledger.update_orders(s, pd.DataFrame({
+                "client_order_id": known["client_order_id"], "status": "REJECTED", "reason": known["reason"],
+                "updated_at": pd.Timestamp.now(tz="UTC")}), venue=self.venue, prov=prov)
+        self.ledger.audit_many(s, [{"event": "signal.rejected", "entity": "signal", "entity_id": sid,
+                                    "payload": {"step": step, "reason": why}}
+                                   for sid, why in zip(rows["signal_id"], rows["reason"], strict=True)], prov=prov)
+
+    def _intake(self, s, frame, prov, extra) -> None:
+        self.ledger.record_signals(s, frame, namespace=self.namespace, prov=prov)
+
+    def _order_creation(self, s, frame, prov, extra) -> None:
+        self.ledger.record_orders(s, frame, namespace=self.namespace, venue=self.venue, prov=prov)
+
+    def _placement(self, s, frame, prov, extra) -> None:
+        if frame.empty:
+            return
+        self.ledger.update_orders(s, frame[["client_order_id", "broker_order_id", "status", "placed_at"]]
+                                  .assign(updated_at=frame["acked_at"]), venue=self.venue, prov=prov)
+        self.ledger.audit_many(s, [{"event": "order.placed", "entity": "order", "entity_id": c,
+                                    "payload": {"broker_order_id": b}}
+                                   for c, b in zip(frame["client_order_id"], frame["broker_order_id"], strict=True)],
+                               prov=prov)
+
+    def _monitoring(self, s, frame, prov, extra) -> None:
+        if frame.empty:
+            return
+        fills = frame[frame["last_qty"] > 0]
+        if len(fills):
+            self.ledger.record_fills(s, fills.drop(columns=["reference_price"]).rename(columns={"last_qty": "quantity", "last_px": "price",
+                                                              "last_fee": "fee", "model_price": "reference_price"}),
+                                     venue=self.venue, prov=prov)
+        latest = _latest_per_order(frame)
+        self.ledger.update_orders(s, latest, venue=self.venue, prov=prov)
+        terminal = latest[latest["status"].isin(["FILLED", "CANCELED", "REJECTED", "EXPIRED"])]
+        self.ledger.audit_many(s, [{"event": f"order.{st.lower()}", "entity": "order", "entity_id": c,
+                                    "payload": {"filled_quantity": q, "reason": r}}
+                                   for c, st, q, r in zip(terminal["client_order_id"], terminal["status"],
+                                                          terminal["filled_quantity"], terminal["reason"], strict=True)],
+                               prov=prov)
+
+    def _positions(self, s, frame, prov, extra) -> None:
+        snapshot = extra.get("positions")
+        if snapshot is not None and len(snapshot):
+            self.ledger.record_positions(s, snapshot, prov=prov)
+
+
+class NullRecorder:
+    """Records nothing (unit tests of single steps)."""
+
+    def known_signal_ids(self, signal_ids: list[str]) -> set[str]:
+        return set()
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def record_failure(self, *args: Any, **kwargs: Any) -> None:
+        return None

@@ -1,0 +1,214 @@
+"""`tradpal`: the command line. Bad input ends with one line naming what and where, and
+exit code 2; nothing is written before the inputs are known to be good."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from tradpal.errors import InputError
+
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample"
+QUIET_PREFECT = {
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tradpal", description="TradPal Execution: signals to orders, as Prefect flows.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    r = sub.add_parser("replay", help="paper-replay a signals file over OHLCV bars")
+    r.add_argument("--ohlcv", required=True, help="OHLCV CSV/Parquet: timestamp,open,high,low,close,volume")
+    r.add_argument("--signals", required=True, help="signals CSV/Parquet: timestamp,symbol,side,quantity[,...]")
+    r.add_argument("--symbol", required=True, help="the symbol of the OHLCV file, e.g. BTC/USDT")
+    r.add_argument("--cash", type=_number(float), default=10_000.0, help="starting cash in the quote currency")
+    r.add_argument("--fee-rate", type=_number(float), default=0.001, help="fee as a fraction of notional")
+    r.add_argument("--slippage-bps", type=_number(float), default=0.0, help="slippage against the trader, bps")
+    r.add_argument("--out", required=True, help="directory for fills.csv, equity.csv and summary.json")
+    _common(r)
+
+    d = sub.add_parser("demo", help="replay an SMA crossover over real ETH/BTC candles and print a summary")
+    d.add_argument("--out", default=".tradpal/demo", help="output directory (default .tradpal/demo)")
+    _common(d)
+
+    a = sub.add_parser("analytics", help="post-trade analytics over the ledger")
+    a.add_argument("--run", dest="run_id", help="a run id (default: the latest run)")
+    a.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
+
+    lv = sub.add_parser("live", help="run a batch of signals through live_execution (paper broker by default)")
+    lv.add_argument("--signals", required=True, help="signals CSV/Parquet")
+    lv.add_argument("--price", action="append", default=[], metavar="SYMBOL=PRICE",
+                    help="last price for the paper broker (repeatable)")
+    lv.add_argument("--cash", type=_number(float), default=10_000.0)
+    lv.add_argument("--quote", default="USDT", help="quote currency of the paper account")
+    _common(lv, chunks=False)
+    return p
+
+
+def _common(p: argparse.ArgumentParser, chunks: bool = True) -> None:
+    p.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
+    if chunks:
+        p.add_argument("--chunk-signals", type=int, default=500, help="signals per batch of eight task runs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _prepare_prefect() -> None:
+    for key, value in QUIET_PREFECT.items():
+        os.environ.setdefault(key, value)
+
+
+def _run_flow(coro_fn, **kwargs):
+    """Run a flow in-process with heartbeats off (they cost ~1 s per flow run)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return asyncio.run(coro_fn(**kwargs))
+
+
+def _with_progress(quiet: bool, fn):
+    from tradpal import progress
+
+    if quiet or not sys.stderr.isatty():
+        return fn()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("replay"), BarColumn(), TextColumn("{task.completed}/{task.total} batches"),
+                  TimeElapsedColumn(), transient=True) as bar:
+        job = bar.add_task("replay", total=None)
+        progress.set_listener(lambda done, total, label: bar.update(job, completed=done, total=total))
+        try:
+            return fn()
+        finally:
+            progress.set_listener(None)
+
+
+def cmd_replay(args) -> int:
+    from tradpal.replay import ReplayParams, load_inputs
+
+    params = ReplayParams(args.ohlcv, args.signals, args.symbol, args.cash, args.fee_rate, args.slippage_bps,
+                          args.out, args.chunk_signals)
+    load_inputs(params)  # every input problem surfaces here, before any run starts
+    _prepare_prefect()
+    from flows.paper_replay import paper_replay
+
+    summary = _with_progress(args.quiet, lambda: _run_flow(
+        paper_replay, ohlcv=args.ohlcv, signals=args.signals, symbol=args.symbol, cash=args.cash,
+        fee_rate=args.fee_rate, slippage_bps=args.slippage_bps, out=args.out, database_url=args.database_url,
+        chunk_signals=args.chunk_signals))
+    _print_summary(summary)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import time
+
+    from tradpal.io import load_ohlcv
+    from tradpal.strategies import sma_crossover, write_signals_csv
+
+    t0 = time.perf_counter()
+    ohlcv = SAMPLE_DIR / "BITTREX_ETH-BTC_5m.csv"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bars = load_ohlcv(ohlcv)
+    signals = sma_crossover(bars, symbol="ETH/BTC", quantity=1.0)
+    signals_path = out / "signals.csv"
+    write_signals_csv(signals, signals_path)
+    print(f"demo: SMA(12/48) crossover over {len(bars):,} real 5-minute ETH/BTC bars ({ohlcv.name}): "
+          f"{len(signals)} signals, 1 ETH each, starting with 1 BTC, fee 0.1%, slippage 5 bps")
+    args.ohlcv, args.signals, args.symbol, args.cash = str(ohlcv), str(signals_path), "ETH/BTC", 1.0
+    args.fee_rate, args.slippage_bps = 0.001, 5.0
+    code = cmd_replay(args)
+    print(f"demo finished in {time.perf_counter() - t0:.1f} s")
+    return code
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tradpal.reporting import summary_rows
+
+    table = Table(title=f"Paper replay {summary.get('symbol', '')} ({summary.get('quote_currency', '')})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for label, value in summary_rows(summary):
+        table.add_row(label, value)
+    console = Console()
+    console.print(table)
+    console.print(f"run id:      {summary.get('run_id')}")
+    console.print(f"ledger:      {summary.get('ledger')}")
+    console.print(f"flow run:    {summary.get('flow_run_id')} (Prefect UI: `prefect server start`, PREFECT_HOME="
+                  f"{os.environ.get('PREFECT_HOME', '~/.prefect')})")
+    for path in summary.get("outputs", []):
+        console.print(f"output:      {path}")
+
+
+def cmd_analytics(args) -> int:
+    _prepare_prefect()
+    from flows.post_trade_analytics import post_trade_analytics
+
+    report = _run_flow(post_trade_analytics, run_id=args.run_id, database_url=args.database_url)
+    from rich.console import Console
+
+    Console().print(report["markdown"])
+    return 0
+
+
+def cmd_live(args) -> int:
+    from tradpal.io import load_signals
+
+    prices = {}
+    for item in args.price:
+        sym, _, value = item.partition("=")
+        try:
+            prices[sym.strip().upper()] = float(value)
+        except ValueError:
+            raise InputError(f"--price: expected SYMBOL=PRICE, got {item!r}") from None
+    load_signals(args.signals)
+    _prepare_prefect()
+    from flows.live_execution import live_execution_from_file
+
+    summary = _run_flow(live_execution_from_file, signals=args.signals, prices=prices, cash=args.cash,
+                        quote=args.quote, database_url=args.database_url)
+    print(summary["markdown"])
+    return 0 if summary.get("ok") else 1
+
+
+COMMANDS = {"replay": cmd_replay, "demo": cmd_demo, "analytics": cmd_analytics, "live": cmd_live}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except InputError as exc:
+        print(f"tradpal: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tradpal: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

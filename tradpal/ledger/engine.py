@@ -1,0 +1,161 @@
+"""Engine construction: SQLite pragmas and transaction handling, PostgreSQL schema, JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from enum import Enum
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
+
+__all__ = ["BEGIN_IMMEDIATE", "SQLITE_BUSY_TIMEOUT_S", "create_ledger_engine", "json_dumps"]
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+#: execution option: on SQLite, start the transaction with BEGIN IMMEDIATE (take the write
+#: lock up front, so two writers queue on the busy timeout instead of failing to upgrade a
+#: read lock with SQLITE_BUSY). Used by ``Ledger.transaction()``; ignored elsewhere.
+BEGIN_IMMEDIATE = "tradpal_sqlite_begin_immediate"
+
+
+def _json_default(o: Any) -> Any:
+    if o is pd.NaT:
+        return None
+    if isinstance(o, Enum):
+        return o.value
+    if isinstance(o, (datetime, date, time)):
+        return o.isoformat()
+    if isinstance(o, (timedelta, pd.Timedelta)):
+        return o.total_seconds()
+    if isinstance(o, Decimal):
+        return float(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (set, frozenset)):
+        return sorted(o, key=repr)
+    if isinstance(o, (UUID, Path)):
+        return str(o)
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+def _sanitize(o: Any) -> Any:
+    """NaN/inf (not valid JSON; PostgreSQL refuses them) become null, recursively."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k) if not isinstance(k, str) else k: _sanitize(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_sanitize(v) for v in o]
+    if isinstance(o, (np.ndarray, set, frozenset)) or (
+        dataclasses.is_dataclass(o) and not isinstance(o, type)
+    ):
+        return _sanitize(_json_default(o))
+    if isinstance(o, np.generic):
+        return _sanitize(o.item())
+    return o
+
+
+def json_dumps(obj: Any) -> str:
+    """JSON for payload columns: accepts datetimes, enums, numpy scalars, Decimals,
+    dataclasses; NaN/inf become null."""
+    try:
+        return json.dumps(obj, default=_json_default, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        return json.dumps(_sanitize(obj), default=_json_default, allow_nan=False, separators=(",", ":"))
+
+
+def _is_memory_sqlite(url: URL) -> bool:
+    db = url.database or ""
+    return db in ("", ":memory:") or url.query.get("mode") == "memory" or db.startswith("file::memory:")
+
+
+def _install_sqlite_events(engine: Engine, *, file_db: bool) -> None:
+    busy_ms = int(SQLITE_BUSY_TIMEOUT_S * 1000)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from pysqlite (which only BEGINs before DML and
+        # runs DDL outside any transaction); we emit BEGIN ourselves in the "begin" event.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            if file_db:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        immediate = connection.get_execution_options().get(BEGIN_IMMEDIATE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _install_search_path(engine: Engine, schema: str) -> None:
+    quoted = engine.dialect.identifier_preparer.quote_identifier(schema)
+
+    @event.listens_for(engine, "connect", insert=True)
+    def _set_search_path(dbapi_connection: Any, _record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"SET SESSION search_path TO {quoted}")
+        finally:
+            cursor.close()
+            dbapi_connection.autocommit = autocommit
+
+
+def create_ledger_engine(url: str | URL, *, schema: str | None = None, **kwargs: Any) -> Engine:
+    """An Engine set up for the ledger.
+
+    SQLite: parent directories of the file are created; every connection gets
+    ``foreign_keys=ON`` and a busy timeout, file databases ``journal_mode=WAL`` and
+    ``synchronous=NORMAL``; in-memory databases share one connection (StaticPool).
+    PostgreSQL: with ``schema``, every connection's ``search_path`` is that schema only
+    (the schema itself is created by ``Ledger`` before migrating).
+    """
+    u = make_url(url)
+    backend = u.get_backend_name()
+    if schema is not None:
+        if backend != "postgresql":
+            raise ValueError(f"schema= is only supported on PostgreSQL, not {backend}")
+        if not schema or len(schema) > 63:
+            raise ValueError(f"invalid schema name {schema!r}")
+    kwargs.setdefault("json_serializer", json_dumps)
+
+    if backend == "sqlite":
+        memory = _is_memory_sqlite(u)
+        db = u.database or ""
+        if not memory and not db.startswith("file:"):
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
+        if memory:
+            connect_args.setdefault("check_same_thread", False)
+            kwargs.setdefault("poolclass", StaticPool)
+        engine = create_engine(u, connect_args=connect_args, **kwargs)
+        _install_sqlite_events(engine, file_db=not memory)
+        return engine
+
+    if backend == "postgresql":
+        kwargs.setdefault("pool_pre_ping", True)
+    engine = create_engine(u, **kwargs)
+    if schema is not None:
+        _install_search_path(engine, schema)
+    return engine
