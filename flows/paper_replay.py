@@ -18,12 +18,12 @@ from tradpal.replay import ReplayInputs, ReplayParams, load_inputs, run_replay, 
 from tradpal.reporting import summary_markdown
 
 
-@task(name="load-inputs", cache_policy=NO_CACHE, persist_result=False)
+@task(name="load-inputs", task_run_name="load-inputs", cache_policy=NO_CACHE, persist_result=False)
 def load_inputs_task(params: ReplayParams) -> ReplayInputs:
     return load_inputs(params)
 
 
-@task(name="publish-results", cache_policy=NO_CACHE, persist_result=False)
+@task(name="publish-results", task_run_name="publish-results", cache_policy=NO_CACHE, persist_result=False)
 def publish_task(summary: dict, reports: pd.DataFrame, out_dir: str | None, equity: pd.DataFrame, ledger: Ledger) -> dict:
     if out_dir:
         paths = write_outputs(out_dir, reports, summary, equity)

@@ -9,6 +9,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+# relative: a lot-rounded 0.29 x 100 is 28.999999999999996 in float, and meets a minimum of 29
+MIN_TOLERANCE = 1e-9
+
 
 def check_symbol_known(orders: pd.DataFrame, known: set[str]) -> list[str | None]:
     """Refuse symbols the venue does not list (skipped when nothing is known)."""
@@ -22,11 +25,11 @@ def check_minimums(orders: pd.DataFrame, min_quantity: Mapping[str, float], min_
     out: list[str | None] = []
     for sym, qty, ref in zip(orders["symbol"], orders["quantity"], orders["reference_price"], strict=True):
         mq, mn = min_quantity.get(sym, 0.0), min_notional.get(sym, 0.0)
-        if qty < mq:
+        if qty < mq * (1 - MIN_TOLERANCE):
             out.append(f"quantity {qty:g} below the minimum {mq:g} for {sym}")
         elif mn > 0 and not ref > 0:
             out.append(f"no reference price to check the minimum notional {mn:g} for {sym}")
-        elif mn > 0 and qty * ref < mn:
+        elif mn > 0 and qty * ref < mn * (1 - MIN_TOLERANCE):
             out.append(f"notional {qty * ref:g} below the minimum {mn:g} for {sym}")
         else:
             out.append(None)
@@ -56,7 +59,8 @@ def check_balance(orders: pd.DataFrame, cash: float, positions: Mapping[str, flo
                                           orders["price"], orders["reference_price"], strict=True):
         px = price if price == price else ref
         if side == "buy":
-            if px != px:  # NaN: no price to project with
+            if px != px:  # NaN: no price to project the cost with; the position still grows
+                held[sym] = held.get(sym, 0.0) + qty
                 out.append(None)
                 continue
             cost = qty * px

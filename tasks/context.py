@@ -153,6 +153,7 @@ class ExecutionContext:
         self.namespace = namespace
         self.default_strategy = strategy
         self.open_orders: dict[str, OpenOrder] = {}
+        self.generated_signal_ids = 0  # intake: ids given so far to signals that came without one
         self.monitor_until: pd.Timestamp | None = None  # replay: the end of the current chunk
         self.final = False  # replay: the last chunk; whatever is still open expires
         self.equity_segments: list[pd.DataFrame] = []

@@ -237,9 +237,12 @@ def _violation(exc: SchemaError | SchemaErrors, contract: type[pa.DataFrameModel
     rows: list[int] = []
     cases = err.failure_cases
     if isinstance(cases, pd.DataFrame) and "index" in cases:
-        rows = [int(i) for i in cases["index"].dropna().tolist() if isinstance(i, int | float)]
+        # a frame-level check lists each failing row once per column: report each row once
+        rows = sorted({int(i) for i in cases["index"].dropna().tolist() if isinstance(i, int | float)})
     check = str(err.check) if err.check is not None else str(err).splitlines()[0]
-    if column in (contract.__name__, None):
+    if column in (contract.__name__, None) and getattr(err.check, "error", None):
+        check, column = err.check.error, None  # a frame-level check: its own message, not the failing values
+    elif column in (contract.__name__, None):
         text = str(err).splitlines()[0].split(". Columns in dataframe")[0]
         if " not in DataFrameSchema" in text:
             text = text.split(" not in DataFrameSchema")[0] + " is not in the contract (strict)"

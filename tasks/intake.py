@@ -16,10 +16,14 @@ COLUMNS = list(SignalFrame.to_schema().columns)
 def _normalise(raw: pd.DataFrame, ctx: ExecutionContext) -> pd.DataFrame:
     df = raw.reset_index(drop=True).copy()
     n = len(df)
-    if "signal_id" not in df:
-        df["signal_id"] = [f"{ctx.run_id[:8]}-{i + 1}" for i in range(n)]
-    df["signal_id"] = df["signal_id"].astype(str).str.strip()
-    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True).astype("datetime64[ns, UTC]")
+    ids = df["signal_id"] if "signal_id" in df else pd.Series([None] * n, dtype=object)
+    missing = ids.isna().to_numpy()
+    generated = iter(f"{ctx.run_id[:8]}-{ctx.generated_signal_ids + i + 1}" for i in range(int(missing.sum())))
+    ctx.generated_signal_ids += int(missing.sum())  # unique over the run's batches, not per batch
+    df["signal_id"] = [next(generated) if m else str(v).strip() for v, m in zip(ids, missing, strict=True)]
+    # a timestamp that cannot be parsed becomes NaT, rejected row by row in `intake_signals`
+    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, errors="coerce", format="mixed").astype(
+        "datetime64[ns, UTC]")
     df["symbol"] = df["symbol"].astype(str).str.strip().str.upper()
     df["side"] = df["side"].astype(str).str.strip().str.lower()
     df["strategy"] = df["strategy"].fillna(ctx.default_strategy).astype(str) if "strategy" in df else ctx.default_strategy
@@ -51,7 +55,13 @@ def intake_signals(raw: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
     in the batch, and a signal id the ledger has already seen (a re-delivery)."""
     df = _normalise(raw, ctx)
     reasons = pd.Series([None] * len(df), dtype=object)
-    for pos, col, why in check_signal_rows(df):
+    no_qty = raw["quantity"].isna().to_numpy() if "quantity" in raw else np.ones(len(df), dtype=bool)
+    bad_ts = df["timestamp"].isna().to_numpy()
+    problems = [(int(p), "timestamp", f"cannot parse timestamp {raw['timestamp'].iat[p]!r}")
+                for p in bad_ts.nonzero()[0]]
+    # no quantity at all is not malformed: sizing decides (method 'signal' rejects it there)
+    problems += [p for p in check_signal_rows(df) if not (p[1] == "quantity" and no_qty[p[0]])]
+    for pos, col, why in sorted(problems, key=lambda p: p[0]):
         if reasons.iat[pos] is None:
             reasons.iat[pos] = f"{col}: {why}"
     dup = df["signal_id"].duplicated() & reasons.isna()

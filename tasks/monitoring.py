@@ -46,6 +46,7 @@ def reports_for(open_order: OpenOrder, result: OrderResult, reason: str | None =
         last = i == len(result.fills) and result.status == OrderStatus.FILLED
         reports.append({
             **_base(row, result), "exec_type": "FILL" if last else "PARTIAL_FILL",
+            "status": "FILLED" if last else "PARTIALLY_FILLED",  # the order's status after this fill
             "timestamp": _ts(fill.timestamp), "trade_id": fill.trade_id or f"{result.order_id}-{i}",
             "last_qty": fill.quantity, "last_px": fill.price, "last_fee": fill.fee,
             "fee_currency": fill.fee_currency, "is_maker": fill.is_maker, "model_price": fill.reference_price,

@@ -42,7 +42,8 @@ def create_orders(sized: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
     cfg = ctx.config
     df = pd.DataFrame({
         "signal_id": sized["signal_id"],
-        "client_order_id": [client_order_id(s, 0, cfg.client_id_prefix) for s in sized["signal_id"]],
+        "client_order_id": pd.Series([client_order_id(s, 0, cfg.client_id_prefix) for s in sized["signal_id"]],
+                                     index=sized.index, dtype=object),  # object even when the batch is empty
         "symbol": sized["symbol"],
         "side": sized["side"],
         "order_type": sized["order_type"],

@@ -10,7 +10,7 @@ import pandas as pd
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from brokers.base import BrokerError
+from brokers.base import BrokerError, is_retryable
 from tasks.context import ExecutionContext
 from tasks.pipeline import STEPS, Step, provenance, run_step
 
@@ -19,14 +19,12 @@ RETRY_DELAYS = [0.5, 1.0, 2.0]
 
 
 def retry_only_retryable(task: Task, task_run, state) -> bool:
-    """Retry a broker step only if it failed with a retryable `BrokerError`."""
-    try:
-        state.result()
-    except BrokerError as exc:
-        return exc.retryable
-    except Exception:
-        return False
-    return False
+    """Retry a broker step only if it failed with a retryable `BrokerError`.
+
+    Prefect passes a Failed state whose ``data`` is the exception. (Not ``state.result()``:
+    inside the async task engine that returns an un-awaited coroutine, never raising, so
+    nothing would ever be retried.)"""
+    return is_retryable(state.data)
 
 
 def _make_task(step: Step) -> Task:
@@ -52,7 +50,8 @@ def task_caller(label: str):
         try:
             return await STEP_TASKS[step.name](frame, ctx, label)
         except BrokerError as exc:
-            reason = f"{step.name} failed after {RETRIES} retries: {type(exc).__name__}: {exc}"
+            tried = f"after {RETRIES} retries" if is_retryable(exc) else "(not retryable)"
+            reason = f"{step.name} failed {tried}: {type(exc).__name__}: {exc}"
             ctx.recorder.record_failure(step.name, frame, reason, provenance(ctx))
             raise
 

@@ -55,3 +55,55 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         except SQLAlchemyError as exc:  # a connection left open by a failed test: don't hide its error
             warnings.warn(f"could not drop test schema {schema}: {exc}", stacklevel=1)
         admin.dispose()
+
+
+# -- Prefect ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A real, temporary Prefect API (ephemeral server, its own PREFECT_HOME and SQLite),
+    started once per test session for the tests that run flows; heartbeats off."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_HOME, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with temporary_settings({PREFECT_HOME: str(home), PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+
+
+# -- builders --------------------------------------------------------------------------
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+SHARED_OHLCV = Path(__file__).resolve().parents[2] / "shared" / "data" / "ohlcv"
+
+
+@pytest.fixture
+def sample_ohlcv() -> Path:
+    """Real 5-minute ETH/BTC candles shipped in data/sample (see its README)."""
+    return SAMPLE / "BITTREX_ETH-BTC_5m.csv"
+
+
+def make_bars(rows, start: str = "2024-01-01T00:01:00Z", freq: str = "1min"):
+    """Bars from (open, high, low, close[, volume]) tuples, one per ``freq`` from ``start``."""
+    import pandas as pd
+
+    ts = pd.date_range(start, periods=len(rows), freq=freq, tz="UTC")
+    return pd.DataFrame({"timestamp": ts, "open": [r[0] for r in rows], "high": [r[1] for r in rows],
+                         "low": [r[2] for r in rows], "close": [r[3] for r in rows],
+                         "volume": [r[4] if len(r) > 4 else 1000.0 for r in rows]})
+
+
+def make_signals(rows, symbol: str = "BTC/USDT"):
+    """Signals from (timestamp, side, quantity[, extra dict]) tuples, ids s1, s2, ..."""
+    import pandas as pd
+
+    out = []
+    for i, r in enumerate(rows, start=1):
+        rec = {"timestamp": pd.Timestamp(r[0], tz="UTC") if pd.Timestamp(r[0]).tzinfo is None else pd.Timestamp(r[0]),
+               "symbol": symbol, "side": r[1], "quantity": float(r[2]), "signal_id": f"s{i}"}
+        if len(r) > 3:
+            rec.update(r[3])
+        out.append(rec)
+    return pd.DataFrame(out)

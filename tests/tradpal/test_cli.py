@@ -1,0 +1,110 @@
+"""The `tradpal` command line: help, and bad input (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLE
+from tradpal.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_help_lists_each_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("replay", "demo", "analytics", "live"):
+        assert command in out
+
+
+def _args(tmp_path, ohlcv, signals, *extra):
+    return ["replay", "--ohlcv", str(ohlcv), "--signals", str(signals), "--symbol", "ETH/BTC", "--cash", "1", "--fee-rate", "0.001",
+            "--out", str(tmp_path / "out"), "--database-url", f"sqlite:///{tmp_path / 'ledger.db'}", "--quiet", *extra]
+
+
+BAD_SIGNALS = {
+    "missing column": ("timestamp,symbol,quantity\n2018-01-10T05:00:00Z,ETH/BTC,1\n", "missing column 'side'"),
+    "unparsable timestamp": ("timestamp,symbol,side,quantity\nnot-a-time,ETH/BTC,buy,1\n", "row 1, column 'timestamp'"),
+    "negative quantity": ("timestamp,symbol,side,quantity\n2018-01-10T05:00:00Z,ETH/BTC,buy,-1\n", "row 1, column 'quantity'"),
+    "unknown side": ("timestamp,symbol,side,quantity\n2018-01-10T05:00:00Z,ETH/BTC,short,1\n", "row 1, column 'side'"),
+    "unsorted": ("timestamp,symbol,side,quantity\n2018-01-10T06:00:00Z,ETH/BTC,buy,1\n2018-01-10T05:00:00Z,ETH/BTC,sell,1\n",
+                 "row 2, column 'timestamp': unsorted"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SIGNALS))
+def test_bad_signals_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, case):
+    text, expected = BAD_SIGNALS[case]
+    signals = tmp_path / "signals.csv"
+    signals.write_text(text)
+    code = main(_args(tmp_path, SAMPLE / "BITTREX_ETH-BTC_5m.csv", signals))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and str(signals) in err and expected in err
+    assert not (tmp_path / "ledger.db").exists() and not (tmp_path / "out").exists()
+
+
+def test_duplicate_bar_timestamps_exit_2(tmp_path, capsys):
+    bars = tmp_path / "bars.csv"
+    bars.write_text("timestamp,open,high,low,close,volume\n2018-01-10T05:00:00Z,1,1,1,1,1\n"
+                    "2018-01-10T05:00:00Z,1,1,1,1,1\n")
+    signals = tmp_path / "signals.csv"
+    signals.write_text("timestamp,symbol,side,quantity\n2018-01-10T05:00:00Z,ETH/BTC,buy,1\n")
+    assert main(_args(tmp_path, bars, signals)) == 2
+    err = capsys.readouterr().err
+    assert f"{bars}: row 2, column 'timestamp': duplicate timestamp" in err
+    assert not (tmp_path / "ledger.db").exists()
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--cash", "0", "--cash: must be > 0"),
+    ("--fee-rate", "abc", "not a number"),
+    ("--symbol", "ETHBTC", "--symbol: expected BASE/QUOTE"),
+])
+def test_bad_arguments_exit_2(tmp_path, capsys, flag, value, expected):
+    signals = tmp_path / "s.csv"
+    signals.write_text("timestamp,symbol,side,quantity\n2018-01-10T05:00:00Z,ETH/BTC,buy,1\n")
+    args = _args(tmp_path, SAMPLE / "BITTREX_ETH-BTC_5m.csv", signals)
+    args[args.index(flag) + 1] = value
+    if flag in ("--symbol", "--cash"):
+        code = main(args)
+    else:
+        with pytest.raises(SystemExit) as exit_:
+            code = main(args)
+        code = exit_.value.code
+    assert code == 2
+    assert expected in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_replay_command_end_to_end(tmp_path):
+    """The replay contract as an outside caller uses it: a subprocess, its own Prefect home."""
+    signals = tmp_path / "signals.csv"
+    signals.write_text("timestamp,symbol,side,quantity,signal_id\n"
+                       "2018-01-10T05:00:00Z,ETH/BTC,buy,2,first\n"
+                       "2018-01-10T05:00:00Z,ETH/BTC,buy,100,too-big\n"
+                       "2018-01-10T06:00:00Z,ETH/BTC,sell,2,second\n")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    proc = subprocess.run([sys.executable, "-m", "tradpal.cli", *_args(tmp_path, SAMPLE / "BITTREX_ETH-BTC_5m.csv",
+                                                                        signals)], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    fills = (tmp_path / "out" / "fills.csv").read_text().splitlines()
+    assert fills[0] == "timestamp,signal_id,side,quantity,price,fee"
+    # bar 2018-01-10T05:05 opens at 0.0997238... : first fills there; 'too-big' is rejected for cash
+    assert fills[1].startswith("2018-01-10T05:05:00Z,first,buy,2,")
+    assert fills[2].startswith("2018-01-10T06:05:00Z,second,sell,2,")
+    import json
+
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_fills"] == 2 and summary["rejected"] == 1
+    for key in ("final_cash", "final_position", "final_equity", "total_fees"):
+        assert key in summary
+    assert summary["final_position"] == 0

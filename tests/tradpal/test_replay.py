@@ -1,0 +1,105 @@
+"""The replay engine without Prefect: it agrees with the reference implementation."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import SAMPLE, SHARED_OHLCV
+from tests.reference import reference_next_open
+from tradpal.io import load_ohlcv
+from tradpal.ledger import Ledger
+from tradpal.replay import ReplayParams, load_inputs, max_drawdown, plan_batches, run_replay
+from tradpal.strategies import sma_crossover, write_signals_csv
+
+
+def replay(tmp_path: Path, ohlcv: Path, symbol: str, quantity: float, *, cash: float, fee: float = 0.001,
+           bps: float = 5.0, chunk: int = 50):
+    bars = load_ohlcv(ohlcv)
+    signals = sma_crossover(bars, symbol=symbol, quantity=quantity)
+    sig_path = tmp_path / "signals.csv"
+    write_signals_csv(signals, sig_path)
+    params = ReplayParams(str(ohlcv), str(sig_path), symbol, cash, fee, bps, None, chunk)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    result = asyncio.run(run_replay(params, load_inputs(params), ledger))
+    ref = reference_next_open(bars, load_inputs(params).signals, cash=cash, fee_rate=fee, slippage_bps=bps)
+    return result, ref, ledger
+
+
+def assert_agrees(result, ref) -> None:
+    fills = result.reports[result.reports["quantity"] > 0].reset_index(drop=True)
+    assert fills["signal_id"].tolist() == ref["fills"]["signal_id"].tolist()
+    np.testing.assert_allclose(fills["price"], ref["fills"]["price"], rtol=1e-9)
+    np.testing.assert_allclose(fills["fee"], ref["fills"]["fee"], rtol=1e-9)
+    assert result.summary["final_equity"] == pytest.approx(ref["final_equity"], rel=1e-9)
+    assert result.summary["final_cash"] == pytest.approx(ref["final_cash"], rel=1e-9, abs=1e-12)
+    assert result.summary["rejected"] == ref["rejected"]
+    assert result.summary["unfilled"] == ref["unfilled"]
+
+
+def test_sample_replay_matches_reference(tmp_path):
+    result, ref, ledger = replay(tmp_path, SAMPLE / "BITTREX_ETH-BTC_5m.csv", "ETH/BTC", 1.0, cash=1.0)
+    assert result.summary["n_fills"] == len(ref["fills"]) > 100
+    assert_agrees(result, ref)
+    run = result.summary["run_id"]
+    assert len(ledger.frame("fills", run_id=run)) == result.summary["n_fills"]
+    assert len(ledger.frame("signals", run_id=run)) == result.summary["signals"]
+
+
+def test_cash_runs_out_and_rejections_agree(tmp_path):
+    """With cash for about two lots, buys that cannot be paid are rejected, and so are the sells that follow them."""
+    result, ref, _ = replay(tmp_path, SAMPLE / "BITTREX_LTC-BTC_5m.csv", "LTC/BTC", 10.0, cash=0.2, chunk=7)
+    assert ref["rejected"] > 0
+    assert_agrees(result, ref)
+
+
+@pytest.mark.parametrize("path", sorted(SHARED_OHLCV.glob("*.csv")) or [None], ids=lambda p: p.name if p else "none")
+def test_every_shared_file_matches_reference(tmp_path, path):
+    if path is None:
+        pytest.skip(f"{SHARED_OHLCV} not found")
+    bars = load_ohlcv(path)
+    base, quote = path.stem.split("_")[1].replace("-PERP", "").split("-")
+    quantity = 0.5 / float(bars["close"].iloc[0])
+    result, ref, _ = replay(tmp_path, path, f"{base}/{quote}", quantity, cash=1.0, chunk=200)
+    assert_agrees(result, ref)
+
+
+def test_signal_after_the_last_bar_stays_unfilled(tmp_path):
+    bars = load_ohlcv(SAMPLE / "BITTREX_ETH-BTC_5m.csv").head(10)
+    bars_path = tmp_path / "bars.csv"
+    bars.assign(timestamp=bars["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(bars_path, index=False)
+    last = bars["timestamp"].iloc[-1]
+    sig = pd.DataFrame({"timestamp": [bars["timestamp"].iloc[2], last], "symbol": "ETH/BTC", "side": "buy",
+                        "quantity": 1.0, "signal_id": ["early", "late"]})
+    sig_path = tmp_path / "sig.csv"
+    write_signals_csv(sig, sig_path)
+    params = ReplayParams(str(bars_path), str(sig_path), "ETH/BTC", 1.0, 0.0, 0.0, None, 500)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    result = asyncio.run(run_replay(params, load_inputs(params), ledger))
+    assert result.summary["n_fills"] == 1 and result.summary["unfilled"] == 1
+    orders = ledger.frame("orders", run_id=result.summary["run_id"]).set_index("client_order_id")
+    assert sorted(orders["status"]) == ["CANCELED", "FILLED"]
+    assert "market data ended" in orders.loc[orders["status"] == "CANCELED", "reason"].iloc[0]
+
+
+def test_plan_batches_never_split_a_timestamp():
+    ts = pd.to_datetime(["2024-01-01T00:00Z"] * 3 + ["2024-01-01T00:01Z"] * 3 + ["2024-01-01T00:02Z"], utc=True)
+    sig = pd.DataFrame({"timestamp": ts, "signal_id": [str(i) for i in range(7)]})
+    bars = pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=5, freq="1min", tz="UTC")})
+    from tradpal.replay import ReplayInputs
+
+    batches = plan_batches(ReplayInputs(bars, sig), 2)
+    sizes = [len(b.signals) for b in batches]
+    assert sum(sizes) == 7 and sizes == [3, 3, 1]
+    assert [b.final for b in batches] == [False, False, True]
+    assert batches[0].monitor_until < ts[3] and batches[0].monitor_until > ts[2]
+
+
+def test_max_drawdown():
+    assert max_drawdown(np.array([100.0, 120.0, 90.0, 130.0, 117.0])) == pytest.approx(0.25)
+    assert max_drawdown(np.array([1.0, 2.0, 3.0])) == 0.0
+    assert max_drawdown(np.array([])) == 0.0
