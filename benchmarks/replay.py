@@ -36,6 +36,8 @@ def _direct(kwargs: dict) -> tuple[float, dict]:
     from tradpal.ledger import Ledger
     from tradpal.replay import ReplayParams, load_inputs, run_replay, write_outputs
 
+    import prefect.context  # noqa: F401  -- imported before timing, as in the flow case
+
     ledger = Ledger(kwargs["database_url"])  # migrations: outside the timing, as in the flow case
     t0 = time.perf_counter()
     params = ReplayParams(kwargs["ohlcv"], kwargs["signals"], kwargs["symbol"], kwargs["cash"], kwargs["fee_rate"],

@@ -39,6 +39,12 @@ def live_summary(reports: pd.DataFrame, ctx: ExecutionContext) -> dict:
             "final_cash": ctx.book.cash, "markdown": "\n".join(lines)}
 
 
+def last_prices(prices: dict[str, float], now: pd.Timestamp) -> MarketData:
+    """Market data of one flat bar per symbol at its last price (reference prices, marks)."""
+    return MarketData({s: pd.DataFrame({"timestamp": [now - pd.Timedelta(days=1)], "open": [p], "high": [p],
+                                        "low": [p], "close": [p], "volume": [0.0]}) for s, p in prices.items()})
+
+
 @flow(name="live-execution", persist_result=False)
 async def live_execution(signals: list[dict], prices: dict[str, float] | None = None, cash: float = 10_000.0,
                          quote: str = "USDT", database_url: str | None = None) -> dict:
@@ -51,7 +57,7 @@ async def live_execution(signals: list[dict], prices: dict[str, float] | None = 
                      flow_run_id=str(flow_run.id) if flow_run.id else None)
     clock = WallClock()
     broker = paper_broker(cash, quote, prices, clock)
-    ctx = ExecutionContext(broker=broker, clock=clock, config=PipelineConfig(), market=MarketData(),
+    ctx = ExecutionContext(broker=broker, clock=clock, config=PipelineConfig(), market=last_prices(prices, clock.now()),
                            book=Book(cash=cash, quote_currency=quote), recorder=None, run_id=run_id,
                            namespace="live", strategy="live")
     ctx.recorder = LedgerRecorder(ledger, run_id=run_id, namespace="live", venue=broker.name)

@@ -21,15 +21,11 @@ async def post_trade_analytics(run_id: str | None = None, database_url: str | No
     run = ledger.get_run(run_id) if run_id else None
     if run_id and run is None:
         raise InputError(f"--run: no run {run_id!r} in ledger {ledger.url}")
-    orders = ledger.frame("orders", run_id=run_id)
-    fills = ledger.frame("fills", run_id=run_id)
+    signals = ledger.frame("signals", run_id=run_id)[["id", "strategy"]].rename(columns={"id": "signal_pk"})
+    orders = ledger.frame("orders", run_id=run_id).merge(signals, on="signal_pk", how="left")
+    fills = ledger.frame("fills", run_id=run_id).merge(
+        orders[["id", "strategy"]].rename(columns={"id": "order_pk"}), on="order_pk", how="left")
     rejections = ledger.frame("rejections", run_id=run_id)
-    strategy = orders.set_index("client_order_id")["strategy"] if "strategy" in orders else None
-    if len(fills):
-        fills = fills.merge(orders[["id", "strategy"]].rename(columns={"id": "order_pk"}), on="order_pk", how="left")
-    else:
-        fills = fills.assign(strategy=[])
-    del strategy
     table = breakdown(fills, orders, rejections)
     markdown = report_markdown(run, table, rejections)
     create_markdown_artifact(key="post-trade-analytics", markdown=markdown)
