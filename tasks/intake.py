@@ -18,9 +18,11 @@ def _normalise(raw: pd.DataFrame, ctx: ExecutionContext) -> pd.DataFrame:
     n = len(df)
     ids = df["signal_id"] if "signal_id" in df else pd.Series([None] * n, dtype=object)
     missing = ids.isna().to_numpy()
-    generated = iter(f"{ctx.run_id[:8]}-{ctx.generated_signal_ids + i + 1}" for i in range(int(missing.sum())))
-    ctx.generated_signal_ids += int(missing.sum())  # unique over the run's batches, not per batch
-    df["signal_id"] = [next(generated) if m else str(v).strip() for v, m in zip(ids, missing, strict=True)]
+    first = ctx.generated_signal_ids  # ids given so far in this run: unique over its batches
+    generated = iter([f"{ctx.run_id[:8]}-{first + i + 1}" for i in range(int(missing.sum()))])
+    ctx.generated_signal_ids += int(missing.sum())
+    df["signal_id"] = pd.Series([next(generated) if m else str(v).strip() for v, m in zip(ids, missing, strict=True)],
+                                index=df.index, dtype=object)
     # a timestamp that cannot be parsed becomes NaT, rejected row by row in `intake_signals`
     df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, errors="coerce", format="mixed").astype(
         "datetime64[ns, UTC]")
@@ -32,7 +34,8 @@ def _normalise(raw: pd.DataFrame, ctx: ExecutionContext) -> pd.DataFrame:
     for col in ("quantity", "limit_price", "stop_price", "reference_price"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64") if col in df else np.nan
     if "received_at" in df:
-        df["received_at"] = pd.to_datetime(df["received_at"], utc=True).astype("datetime64[ns, UTC]")
+        received = pd.to_datetime(df["received_at"], utc=True, errors="coerce", format="mixed")
+        df["received_at"] = received.fillna(ctx.clock.now()).astype("datetime64[ns, UTC]")  # unknown: now
     else:
         df["received_at"] = pd.Series([ctx.clock.now()] * n, dtype="datetime64[ns, UTC]")
     return df

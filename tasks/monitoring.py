@@ -100,7 +100,9 @@ async def monitor_executions(placed: pd.DataFrame, ctx: ExecutionContext) -> Ste
     deadline = ctx.monitor_until if ctx.monitor_until is not None else (
         now + pd.Timedelta(seconds=cfg.order_timeout_s or 0.0))
     await _poll(ctx, memory, reports)
-    while memory and ctx.clock.now() < deadline:
+    # a replay chunk moves the market to its end even when nothing is open (the equity
+    # curve and the marks follow the clock); live monitoring stops once nothing is open
+    while (memory or ctx.monitor_until is not None) and ctx.clock.now() < deadline:
         await ctx.clock.sleep_until(ctx.clock.next_wake(deadline, cfg.poll_interval_s))
         await _poll(ctx, memory, reports)
     if cfg.order_timeout_s is not None:

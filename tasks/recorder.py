@@ -53,7 +53,7 @@ class LedgerRecorder:
         rows = rejected.assign(step=step)
         self.ledger.record_rejections(s, rows, namespace=self.namespace, prov=prov)
         coids = rows["client_order_id"].dropna()
-        if len(coids):
+        if len(coids) and step != "order_creation":  # refused at creation: the order was never recorded
             known = rows[rows["client_order_id"].notna()]
             self.ledger.update_orders(s, pd.DataFrame({
                 "client_order_id": known["client_order_id"], "status": "REJECTED", "reason": known["reason"],

@@ -1,14 +1,16 @@
 """Fixtures and builders for the step tests.
 
 Bars are one minute apart, stamped t(1), t(2), ... after T0; signals are stamped T0
-unless told, so the first bar is their first eligible bar in a replay. The context
-factory builds an `ExecutionContext` around a `PaperBroker` on a simulated clock
-(replay) or the wall clock (live), with a `NullRecorder` unless told.
+unless told, so the first bar is their first eligible bar in a replay. `build_context`
+builds an `ExecutionContext` around a `PaperBroker` on a simulated clock (replay) or
+the wall clock (live), with a `NullRecorder` (or, via `ledger_context`, a
+`LedgerRecorder` on the ``ledger`` fixture's database).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -63,9 +65,6 @@ def step(name: str):
     return STEP_BY_NAME[name]
 
 
-ContextFactory = Callable[..., ExecutionContext]
-
-
 def build_context(
     *,
     market: dict[str, pd.DataFrame] | None = None,
@@ -106,12 +105,6 @@ def build_context(
 
 
 @pytest.fixture
-def make_ctx() -> ContextFactory:
-    """The `build_context` factory."""
-    return build_context
-
-
-@pytest.fixture
 def ledger(ledger_url: str) -> Iterator[Ledger]:
     """A migrated, empty ledger on each backend (sqlite; postgresql when configured)."""
     led = Ledger(ledger_url)
@@ -130,9 +123,9 @@ def ledger_context(ledger: Ledger, kind: str = "replay", **kw: Any) -> Execution
 
 
 class FlakyBroker:
-    """Wraps a broker: calls of a method listed in ``fail`` raise a fresh copy of
-    ``error`` (an int N: the first N calls; a set: those call numbers, from 1). Counts
-    the calls of every listed method in ``calls``; everything else passes through."""
+    """Wraps a broker: calls of a method listed in ``fail`` raise a copy of ``error``
+    (an int N: the first N calls; a set: those call numbers, from 1). Counts the calls
+    of every listed method in ``calls``; everything else passes through."""
 
     def __init__(self, inner: Any, fail: dict[str, int | set[int]], error: Exception) -> None:
         self.inner, self._error = inner, error
@@ -147,7 +140,7 @@ class FlakyBroker:
         async def wrapped(*args: Any, **kwargs: Any) -> Any:
             self.calls[name] += 1
             if self.calls[name] in self._fail[name]:
-                raise type(self._error)(str(self._error))
+                raise copy.copy(self._error)
             return await target(*args, **kwargs)
 
         return wrapped

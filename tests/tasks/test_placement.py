@@ -1,0 +1,147 @@
+"""Step 5, placement: idempotent by client order id; refusals become rejections,
+retryable errors propagate."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from brokers.base import (
+    BrokerConnectionError,
+    InsufficientFundsError,
+    InvalidOrderError,
+    OrderResult,
+    OrderStatus,
+    RateLimitError,
+)
+from tasks.contracts import PlacedFrame, validate
+from tasks.orders import client_order_id
+from tasks.placement import place_orders
+from tests.tasks.conftest import build_context, flaky, raw_signals, run, run_through
+
+PRICES = {"BTC/USDT": 100.0}
+
+
+def checked_frame(raw: pd.DataFrame, ctx) -> pd.DataFrame:
+    return run_through(raw, ctx, "pre_checks")
+
+
+def place(checked: pd.DataFrame, ctx):
+    result = run(place_orders(checked, ctx))
+    validate(result.frame, PlacedFrame, step="placement")
+    return result
+
+
+def test_places_each_order_and_returns_a_placed_frame() -> None:
+    ctx = build_context()  # replay: orders are accepted as NEW at their signal time
+    checked = checked_frame(raw_signals({}, {"side": "buy", "quantity": 2.0}), ctx)
+    result = place(checked, ctx)
+    out = result.frame
+    assert result.rejected.empty
+    assert out["client_order_id"].tolist() == [client_order_id("s1"), client_order_id("s2")]
+    assert out["broker_order_id"].tolist() == ["paper-1", "paper-2"]
+    assert out["status"].tolist() == ["NEW", "NEW"]
+    assert out["placed_at"].tolist() == checked["signal_time"].tolist()
+    pd.testing.assert_frame_equal(out[checked.columns], checked)
+    found = run(ctx.broker.get_order_by_client_id(client_order_id("s2"), "BTC/USDT"))
+    assert (found.order_id, found.status) == ("paper-2", OrderStatus.NEW)
+
+
+def test_placing_the_same_frame_twice_creates_one_order_per_client_id() -> None:
+    ctx = build_context(broker=flaky({"place_order": 0}, BrokerConnectionError("unused")))
+    checked = checked_frame(raw_signals({}, {}), ctx)
+    first = place(checked, ctx).frame
+    second = place(checked, ctx).frame  # a retried task, a re-delivered event
+    assert ctx.broker.calls["place_order"] == 2
+    assert second["broker_order_id"].tolist() == first["broker_order_id"].tolist() == ["paper-1", "paper-2"]
+    assert second["client_order_id"].tolist() == first["client_order_id"].tolist()
+
+
+def test_an_order_filled_before_a_retry_is_found_not_resent() -> None:
+    ctx = build_context(live=True, prices=PRICES, broker=flaky({"place_order": 0}, BrokerConnectionError("x")))
+    checked = checked_frame(raw_signals({}), ctx)
+    assert place(checked, ctx).frame["status"].tolist() == ["FILLED"]  # live: fills at once
+    again = place(checked, ctx).frame
+    assert again["status"].tolist() == ["FILLED"]
+    assert ctx.broker.calls["place_order"] == 1
+    assert ctx.broker.inner.position("BTC/USDT") == 1.0
+
+
+def test_refusals_become_rejections_and_the_rest_of_the_batch_goes() -> None:
+    ctx = build_context(live=True, prices=PRICES, cash=1_000.0)
+    raw = raw_signals(
+        {"quantity": 50.0},  # 5,000 > 1,000: InsufficientFundsError
+        {"quantity": 1.0},
+        {"symbol": "ETH/EUR"},  # not this account's quote currency: InvalidOrderError
+        {"side": "sell", "quantity": 0.5},
+    )
+    ctx.config = replace(ctx.config, check_balance=False)  # let the broker be the one to refuse
+    result = place(checked_frame(raw, ctx), ctx)
+    assert result.frame["signal_id"].tolist() == ["s2", "s4"]
+    assert result.frame["status"].tolist() == ["FILLED", "FILLED"]
+    rejected = result.rejected.set_index("signal_id")
+    assert rejected.loc["s1", "client_order_id"] == client_order_id("s1")
+    assert rejected.loc["s1", "reason"].startswith("InsufficientFundsError: insufficient funds: buy 50.0 BTC/USDT")
+    assert rejected.loc["s3", "reason"].startswith("InvalidOrderError: quote currency EUR is not this account's USDT")
+    assert sorted(rejected.index) == ["s1", "s3"]
+
+
+class RejectingBroker:
+    """Answers every placement with a REJECTED result (some venues do, instead of raising)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    async def place_order(self, order):
+        return OrderResult(order_id="r-1", client_order_id=order.client_order_id, status=OrderStatus.REJECTED,
+                           executed_quantity=0.0, executed_price=None, timestamp=pd.Timestamp.now(tz="UTC"),
+                           reason="venue says no")
+
+
+def test_a_rejected_result_becomes_a_rejection() -> None:
+    ctx = build_context(broker=RejectingBroker)
+    result = place(checked_frame(raw_signals({}), ctx), ctx)
+    assert result.frame.empty
+    assert result.rejected.to_numpy().tolist() == [["s1", client_order_id("s1"), "venue says no"]]
+
+
+@pytest.mark.parametrize("error", [BrokerConnectionError("connection reset"), RateLimitError("slow down")])
+def test_a_retryable_error_propagates_and_a_retry_places_nothing_twice(error: Exception) -> None:
+    ctx = build_context(broker=flaky({"place_order": {2}}, error))  # the 2nd send fails
+    checked = checked_frame(raw_signals({}, {}, {}), ctx)
+    with pytest.raises(type(error), match=str(error)):
+        run(place_orders(checked, ctx))
+    assert ctx.broker.calls["place_order"] == 2  # s1 placed, s2 failed, s3 never tried
+
+    retried = place(checked, ctx).frame  # what the task's retry does
+    assert retried["broker_order_id"].tolist() == ["paper-1", "paper-2", "paper-3"]
+    assert ctx.broker.calls["place_order"] == 4  # s1 found by its client id: only s2 and s3 sent
+
+
+def test_a_retryable_error_on_the_lookup_propagates_before_anything_is_sent() -> None:
+    ctx = build_context(broker=flaky({"get_order_by_client_id": 1, "place_order": 0}, BrokerConnectionError("timeout")))
+    with pytest.raises(BrokerConnectionError):
+        run(place_orders(checked_frame(raw_signals({}), ctx), ctx))
+    assert ctx.broker.calls == {"get_order_by_client_id": 1, "place_order": 0}
+
+
+def test_an_empty_frame_places_nothing() -> None:
+    ctx = build_context(broker=flaky({"place_order": 0}, BrokerConnectionError("unused")))
+    checked = checked_frame(raw_signals({"side": "hold"}), ctx)
+    result = place(checked, ctx)
+    assert result.frame.empty and result.rejected.empty
+    assert ctx.broker.calls["place_order"] == 0
+
+
+@pytest.mark.parametrize("error", [InvalidOrderError("order tp-1 refused", broker_message="LOT_SIZE"),
+                                   InsufficientFundsError("no money", broker_message="balance 0")])
+def test_a_refusal_is_recorded_with_the_brokers_own_message(error: Exception) -> None:
+    ctx = build_context(broker=flaky({"place_order": 1}, error))
+    result = place(checked_frame(raw_signals({}, {}), ctx), ctx)
+    assert result.frame["signal_id"].tolist() == ["s2"]
+    assert result.rejected["reason"].tolist() == [f"{type(error).__name__}: {error.broker_message}"]

@@ -1,0 +1,154 @@
+"""The Prefect shell on a real temporary Prefect API: broker steps retry retryable
+errors only; what still fails is recorded as rejections before the error stops the flow."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+from prefect import flow
+from prefect.states import Completed, Failed
+
+from brokers.base import (
+    BrokerConnectionError,
+    InsufficientFundsError,
+    InvalidOrderError,
+    OrderNotFoundError,
+    RateLimitError,
+)
+from tasks import prefect_tasks
+from tasks.context import PipelineConfig
+from tasks.orders import client_order_id
+from tasks.pipeline import STEPS, run_batch
+from tasks.prefect_tasks import RETRIES, STEP_TASKS, retry_only_retryable, task_caller
+from tests.tasks.conftest import FLAT_100, SYM, bars, flaky, ledger_context, raw_signals, t
+from tradpal.ledger import Ledger
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        (BrokerConnectionError("down"), True),
+        (RateLimitError("slow down"), True),
+        (InvalidOrderError("bad lot"), False),
+        (InsufficientFundsError("no cash"), False),
+        (OrderNotFoundError("who?"), False),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_retry_only_retryable(error: Exception, retry: bool) -> None:
+    assert retry_only_retryable(None, None, Failed(data=error)) is retry
+
+
+def test_retry_only_retryable_inside_an_event_loop() -> None:
+    async def check() -> bool:  # where Prefect's async engine calls it
+        return retry_only_retryable(None, None, Failed(data=BrokerConnectionError("down")))
+
+    assert asyncio.run(check()) is True
+
+
+def test_a_completed_state_is_not_retried() -> None:
+    assert retry_only_retryable(None, None, Completed(data=1)) is False
+
+
+def test_only_the_broker_steps_retry() -> None:
+    retrying = {name for name, task in STEP_TASKS.items() if task.retries}
+    assert retrying == {"placement", "monitoring", "positions"}
+    for name in retrying:
+        assert STEP_TASKS[name].retries == RETRIES
+        assert STEP_TASKS[name].retry_condition_fn is retry_only_retryable
+    assert [STEP_TASKS[s.name].name for s in STEPS][4] == "5-placement"
+
+
+# ---------------------------------------------------------------- in a flow
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The broker steps' tasks without the backoff delays."""
+    for name, task in list(STEP_TASKS.items()):
+        if task.retries:
+            monkeypatch.setitem(prefect_tasks.STEP_TASKS, name, task.with_options(retry_delay_seconds=0))
+    yield
+
+
+@pytest.fixture
+def ledger(tmp_path) -> Iterator[Ledger]:
+    """A SQLite ledger (the Prefect tests run once, not per backend)."""
+    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    yield led
+    led.close()
+
+
+def flaky_context(ledger: Ledger, fail: dict, error: Exception):
+    ctx = ledger_context(ledger, market={SYM: bars([FLAT_100] * 3)}, config=PipelineConfig(order_timeout_s=None),
+                         broker=flaky(fail, error))
+    ctx.monitor_until = t(3)
+    return ctx
+
+
+def run_flow(raw: pd.DataFrame, ctx) -> pd.DataFrame:
+    @flow(name="test-batch", persist_result=False, validate_parameters=False)
+    async def batch() -> pd.DataFrame:
+        return await run_batch(raw, ctx, call=task_caller("test"))
+
+    return asyncio.run(batch())
+
+
+RAW = raw_signals({"timestamp": t(1)}, {"timestamp": t(1), "quantity": 2.0})
+
+
+@pytest.mark.usefixtures("prefect_api", "fast_retries")
+def test_a_connection_error_is_retried_and_places_each_order_once(ledger: Ledger) -> None:
+    ctx = flaky_context(ledger, {"place_order": {2, 3}}, BrokerConnectionError("connection reset"))
+    report = run_flow(RAW, ctx)
+    assert report["exec_type"].tolist() == ["FILL", "FILL"]
+    # s1 sent (1), s2 failed twice (2, 3) and went on the 3rd try (4); s1 was found, not resent
+    assert ctx.broker.calls["place_order"] == 4
+    inner = ctx.broker.inner
+    assert inner.position(SYM) == 3.0
+    ids = [asyncio.run(inner.get_order_by_client_id(client_order_id(s), SYM)).order_id for s in ("s1", "s2")]
+    assert ids == ["paper-1", "paper-2"]
+    orders = ledger.frame("orders", run_id=ctx.run_id)
+    assert orders["status"].tolist() == ["FILLED", "FILLED"]
+    assert orders["flow_run_id"].notna().all() and orders["task_run_id"].notna().all()
+    assert ledger.frame("rejections", run_id=ctx.run_id).empty
+
+
+@pytest.mark.usefixtures("prefect_api", "fast_retries")
+def test_an_invalid_order_is_not_retried_and_becomes_a_rejection(ledger: Ledger) -> None:
+    ctx = flaky_context(ledger, {"place_order": {1}}, InvalidOrderError("bad lot", broker_message="LOT_SIZE"))
+    report = run_flow(RAW, ctx)
+    assert report["signal_id"].tolist() == ["s2"]
+    assert ctx.broker.calls["place_order"] == 2  # once each: no retry
+    rows = ledger.frame("rejections", run_id=ctx.run_id)
+    assert rows[["signal_id", "step", "reason"]].to_numpy().tolist() == [
+        ["s1", "placement", "InvalidOrderError: LOT_SIZE"]]
+    assert rows["task_run_id"].notna().all()
+
+
+@pytest.mark.usefixtures("prefect_api", "fast_retries")
+def test_when_retries_run_out_the_batch_is_rejected_and_the_error_propagates(ledger: Ledger) -> None:
+    ctx = flaky_context(ledger, {"place_order": 99}, BrokerConnectionError("exchange unreachable"))
+    with pytest.raises(BrokerConnectionError, match="exchange unreachable"):
+        run_flow(RAW, ctx)
+    assert ctx.broker.calls["place_order"] == 1 + RETRIES
+    reason = f"placement failed after {RETRIES} retries: BrokerConnectionError: exchange unreachable"
+    rows = ledger.frame("rejections", run_id=ctx.run_id)
+    assert rows[["signal_id", "client_order_id", "step", "reason"]].to_numpy().tolist() == [
+        [sid, client_order_id(sid), "placement", reason] for sid in ("s1", "s2")]
+    assert ledger.frame("orders", run_id=ctx.run_id)["status"].tolist() == ["REJECTED", "REJECTED"]
+    assert "step.placement.failed" in ledger.frame("audit_log", run_id=ctx.run_id)["event"].tolist()
+
+
+@pytest.mark.usefixtures("prefect_api", "fast_retries")
+def test_a_non_retryable_broker_error_fails_at_once_and_says_so(ledger: Ledger) -> None:
+    ctx = flaky_context(ledger, {"get_order_status": 99}, OrderNotFoundError("order paper-1 not found"))
+    with pytest.raises(OrderNotFoundError):
+        run_flow(RAW.iloc[:1], ctx)
+    assert ctx.broker.calls["get_order_status"] == 1
+    rows = ledger.frame("rejections", run_id=ctx.run_id)
+    assert rows[["signal_id", "step", "reason"]].to_numpy().tolist() == [
+        ["s1", "monitoring", "monitoring failed (not retryable): OrderNotFoundError: order paper-1 not found"]]
