@@ -48,9 +48,11 @@ def check_price_sanity(orders: pd.DataFrame, max_deviation: float) -> list[str |
     return out
 
 
-def check_balance(orders: pd.DataFrame, cash: float, positions: Mapping[str, float], now: pd.Timestamp) -> list[str | None]:
-    """Project cash and positions over the batch in order, at reference (or limit) prices:
-    refuse a buy the projected cash cannot pay and a sell beyond the projected position."""
+def check_balance(orders: pd.DataFrame, cash: float, positions: Mapping[str, float], now: pd.Timestamp,
+                  fee_rate: float = 0.0) -> list[str | None]:
+    """Project cash and positions over the batch in order, at reference (or limit) prices
+    plus ``fee_rate``: refuse a buy the projected cash cannot pay and a sell beyond the
+    projected position."""
     del now  # projections are for the current state; kept for a uniform signature
     cash_left = float(cash)
     held = dict(positions)
@@ -63,7 +65,7 @@ def check_balance(orders: pd.DataFrame, cash: float, positions: Mapping[str, flo
                 held[sym] = held.get(sym, 0.0) + qty
                 out.append(None)
                 continue
-            cost = qty * px
+            cost = qty * px * (1 + fee_rate)
             if cost > cash_left * (1 + 1e-9):
                 out.append(f"insufficient funds (projected): buy {qty:g} {sym} needs ~{cost:g}, cash {cash_left:g}")
                 continue
@@ -76,7 +78,7 @@ def check_balance(orders: pd.DataFrame, cash: float, positions: Mapping[str, flo
                 continue
             held[sym] = have - qty
             if px == px:
-                cash_left += qty * px
+                cash_left += qty * px * (1 - fee_rate)
         out.append(None)
     return out
 

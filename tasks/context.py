@@ -53,6 +53,7 @@ class PipelineConfig:
     default_rules: SymbolRules = field(default_factory=SymbolRules)
     time_in_force: str = "GTC"
     check_balance: bool = True  # step 4 projects cash/position over the batch
+    fee_rate_estimate: float = 0.001  # the fee step 4 adds to a buy's projected cost
     max_price_deviation: float = 0.25  # limit/stop price vs reference, as a fraction
     order_timeout_s: float | None = 30.0  # monitoring cancels what is still open after this
     poll_interval_s: float = 0.2

@@ -28,7 +28,7 @@ def round_down(values: np.ndarray, step: float | None) -> np.ndarray:
     """Floor to a multiple of ``step`` (with a tolerance for float noise)."""
     if not step:
         return values
-    return np.floor(values / step + 1e-9) * step
+    return np.round(np.floor(values / step + 1e-9) * step, 12)  # 57 * 0.01 is 0.5700000000000001
 
 
 def round_to_tick(values: np.ndarray, tick: float | None) -> np.ndarray:

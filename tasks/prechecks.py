@@ -22,7 +22,7 @@ def pre_execution_checks(orders: pd.DataFrame, ctx: ExecutionContext) -> StepRes
         check_price_sanity(orders, cfg.max_price_deviation),
     ]
     if cfg.check_balance:
-        results.append(check_balance(orders, ctx.book.cash, ctx.book.positions, now))
+        results.append(check_balance(orders, ctx.book.cash, ctx.book.positions, now, cfg.fee_rate_estimate))
     reasons = first_reason(*results)
     bad = pd.notna(reasons)
     out = orders.loc[~bad].copy()

@@ -41,11 +41,21 @@ class LedgerRecorder:
                               prov=prov)
 
     def record_failure(self, step: str, frame: pd.DataFrame, reason: str, prov: Provenance) -> None:
-        """A step failed for good (retries exhausted): every order in its input fails with the reason."""
+        """A broker step failed for good (retries exhausted or not retryable).
+
+        Placement: the broker may or may not have accepted each order of the batch, so
+        each one is marked UNKNOWN (not REJECTED) and its signal gets a rejection with
+        the reason; reconciliation against the broker settles the order later. Later
+        steps (monitoring, positions): the orders are live at the broker and keep their
+        state; the failure is audited and the run fails."""
         with self.ledger.transaction() as s:
-            rej = pd.DataFrame({"signal_id": frame["signal_id"], "client_order_id": frame.get("client_order_id"),
-                                "reason": reason})
-            self._reject(s, step, rej, prov)
+            if step == "placement" and len(frame):
+                rows = pd.DataFrame({"signal_id": frame["signal_id"], "client_order_id": frame["client_order_id"],
+                                     "reason": reason, "step": step})
+                self.ledger.record_rejections(s, rows, namespace=self.namespace, prov=prov)
+                self.ledger.update_orders(s, pd.DataFrame({
+                    "client_order_id": frame["client_order_id"], "status": "UNKNOWN", "reason": reason,
+                    "updated_at": pd.Timestamp.now(tz="UTC")}), venue=self.venue, prov=prov)
             self.ledger.audit(s, f"step.{step}.failed", "batch", payload={"reason": reason, "rows": len(frame)},
                               prov=prov)
 

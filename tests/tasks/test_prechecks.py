@@ -73,7 +73,8 @@ def test_refuses_a_limit_price_too_far_from_the_reference() -> None:
 def test_refuses_a_buy_the_cash_cannot_cover() -> None:
     ctx = build_context(market=MARKET, start=t(1), cash=250.0)
     result = checked(raw_signals(sig(quantity=2.0), sig(quantity=1.0)), ctx)
-    assert why(result) == {"s2": "insufficient funds (projected): buy 1 BTC/USDT needs ~100, cash 50"}
+    # 2 x 100 plus the 0.1% fee estimate leaves 49.8; the next buy needs 100.1
+    assert why(result) == {"s2": "insufficient funds (projected): buy 1 BTC/USDT needs ~100.1, cash 49.8"}
 
 
 def test_refuses_a_sell_beyond_the_position() -> None:
@@ -86,8 +87,9 @@ def test_refuses_a_sell_beyond_the_position() -> None:
 def test_a_sell_earlier_in_the_batch_funds_a_later_buy() -> None:
     ctx = build_context(market=MARKET, start=t(1), cash=0.0)
     ctx.book.positions[SYM] = 3.0
-    result = checked(raw_signals(sig(side="sell", quantity=3.0), sig(quantity=3.0), sig(quantity=0.1)), ctx)
-    assert why(result) == {"s3": "insufficient funds (projected): buy 0.1 BTC/USDT needs ~10, cash 0"}
+    # the sell frees 300 less the 0.1% fee estimate = 299.7; buying 2.9 costs 290.29, leaving 9.41
+    result = checked(raw_signals(sig(side="sell", quantity=3.0), sig(quantity=2.9), sig(quantity=0.1)), ctx)
+    assert why(result) == {"s3": "insufficient funds (projected): buy 0.1 BTC/USDT needs ~10.01, cash 9.41"}
 
 
 def test_the_balance_check_can_be_turned_off() -> None:

@@ -130,7 +130,7 @@ def test_an_invalid_order_is_not_retried_and_becomes_a_rejection(ledger: Ledger)
 
 
 @pytest.mark.usefixtures("prefect_api", "fast_retries")
-def test_when_retries_run_out_the_batch_is_rejected_and_the_error_propagates(ledger: Ledger) -> None:
+def test_when_retries_run_out_the_batch_fails_unknown_and_the_error_propagates(ledger: Ledger) -> None:
     ctx = flaky_context(ledger, {"place_order": 99}, BrokerConnectionError("exchange unreachable"))
     with pytest.raises(BrokerConnectionError, match="exchange unreachable"):
         run_flow(RAW, ctx)
@@ -139,7 +139,8 @@ def test_when_retries_run_out_the_batch_is_rejected_and_the_error_propagates(led
     rows = ledger.frame("rejections", run_id=ctx.run_id)
     assert rows[["signal_id", "client_order_id", "step", "reason"]].to_numpy().tolist() == [
         [sid, client_order_id(sid), "placement", reason] for sid in ("s1", "s2")]
-    assert ledger.frame("orders", run_id=ctx.run_id)["status"].tolist() == ["REJECTED", "REJECTED"]
+    # the broker may have taken them before failing: UNKNOWN until reconciled, never REJECTED
+    assert ledger.frame("orders", run_id=ctx.run_id)["status"].tolist() == ["UNKNOWN", "UNKNOWN"]
     assert "step.placement.failed" in ledger.frame("audit_log", run_id=ctx.run_id)["event"].tolist()
 
 
@@ -149,6 +150,10 @@ def test_a_non_retryable_broker_error_fails_at_once_and_says_so(ledger: Ledger) 
     with pytest.raises(OrderNotFoundError):
         run_flow(RAW.iloc[:1], ctx)
     assert ctx.broker.calls["get_order_status"] == 1
-    rows = ledger.frame("rejections", run_id=ctx.run_id)
-    assert rows[["signal_id", "step", "reason"]].to_numpy().tolist() == [
-        ["s1", "monitoring", "monitoring failed (not retryable): OrderNotFoundError: order paper-1 not found"]]
+    # the order is live at the broker: it keeps its state, and the failure is audited
+    assert ledger.frame("rejections", run_id=ctx.run_id).empty
+    assert ledger.frame("orders", run_id=ctx.run_id)["status"].tolist() == ["NEW"]
+    audit = ledger.frame("audit_log", run_id=ctx.run_id)
+    failed = audit[audit["event"] == "step.monitoring.failed"]
+    assert failed["payload"].iloc[0]["reason"] == (
+        "monitoring failed (not retryable): OrderNotFoundError: order paper-1 not found")

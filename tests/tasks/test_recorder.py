@@ -134,14 +134,14 @@ def test_positions_records_the_snapshot(ledger: Ledger, setup) -> None:
     assert pos["as_of"] == t(3)
 
 
-def test_record_failure_rejects_every_order_of_the_batch(ledger: Ledger, setup) -> None:
+def test_record_failure_at_placement_marks_every_order_unknown(ledger: Ledger, setup) -> None:
     ctx, rec, prov = setup
     frames = record_up_to("pre_checks", raw_signals({"timestamp": t(1)}, {"timestamp": t(1)}), ctx, rec, prov)
     rec.record_failure("placement", frames["pre_checks"], "placement failed after 3 retries: down", prov)
     rows = ledger.frame("rejections", run_id=ctx.run_id)
     assert rows[["signal_id", "client_order_id", "step", "reason"]].to_numpy().tolist() == [
         [sid, client_order_id(sid), "placement", "placement failed after 3 retries: down"] for sid in ("s1", "s2")]
-    assert set(ledger.frame("orders", run_id=ctx.run_id)["status"]) == {"REJECTED"}
+    assert set(ledger.frame("orders", run_id=ctx.run_id)["status"]) == {"UNKNOWN"}
     audit = ledger.frame("audit_log", run_id=ctx.run_id)
     failed = audit[audit["event"] == "step.placement.failed"]
     assert failed["payload"].tolist() == [{"reason": "placement failed after 3 retries: down", "rows": 2}]

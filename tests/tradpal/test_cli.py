@@ -96,11 +96,13 @@ def test_replay_command_end_to_end(tmp_path):
                                                                         signals)], env=env, capture_output=True,
                           text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    fills = (tmp_path / "out" / "fills.csv").read_text().splitlines()
-    assert fills[0] == "timestamp,signal_id,side,quantity,price,fee"
-    # bar 2018-01-10T05:05 opens at 0.0997238... : first fills there; 'too-big' is rejected for cash
-    assert fills[1].startswith("2018-01-10T05:05:00Z,first,buy,2,")
-    assert fills[2].startswith("2018-01-10T06:05:00Z,second,sell,2,")
+    lines = (tmp_path / "out" / "fills.csv").read_text().splitlines()
+    assert lines[0] == "timestamp,signal_id,side,quantity,price,fee"
+    rows = [line.split(",") for line in lines[1:]]
+    # next-open: the 05:00 signals fill at the open of the 05:05 bar (0.09969); 'too-big' is rejected for cash
+    assert [r[:3] for r in rows] == [["2018-01-10T05:05:00Z", "first", "buy"], ["2018-01-10T06:05:00Z", "second", "sell"]]
+    assert float(rows[0][3]) == 2 and float(rows[0][4]) == 0.09969 and float(rows[0][5]) == pytest.approx(0.001 * 2 * 0.09969)
+    assert float(rows[1][4]) == 0.09424279
     import json
 
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
