@@ -219,7 +219,7 @@ def validate(frame: pd.DataFrame, contract: type[pa.DataFrameModel], *, step: st
     """Validate ``frame`` against ``contract``; raise `ContractViolation` naming the step."""
     schema, str_cols = _plan(contract)
     try:
-        out = schema.validate(frame, lazy=False)
+        out = schema.validate(frame, lazy=False, inplace=True)  # no copy: the frame is ours
     except (SchemaError, SchemaErrors) as exc:
         raise _violation(exc, contract, step) from None
     for name in str_cols:

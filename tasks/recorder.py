@@ -32,13 +32,14 @@ class LedgerRecorder:
     def record(self, step: str, frame: pd.DataFrame, rejected: pd.DataFrame, prov: Provenance,
                extra: dict[str, Any] | None = None) -> None:
         writer = getattr(self, f"_{step}", None)
+        audit = [{"event": f"step.{step}", "entity": "batch", "entity_id": None,
+                  "payload": {"rows_out": len(frame), "rejected": len(rejected)}}]
         with self.ledger.transaction() as s:
             if writer is not None:
-                writer(s, frame, prov, extra or {})
+                audit += writer(s, frame, prov, extra or {}) or []
             if len(rejected):
-                self._reject(s, step, rejected, prov)
-            self.ledger.audit(s, f"step.{step}", "batch", payload={"rows_out": len(frame), "rejected": len(rejected)},
-                              prov=prov)
+                audit += self._reject(s, step, rejected, prov)
+            self.ledger.audit_many(s, audit, prov=prov)  # one statement for all of the step's audit rows
 
     def record_failure(self, step: str, frame: pd.DataFrame, reason: str, prov: Provenance) -> None:
         """A broker step failed for good (retries exhausted or not retryable).
@@ -59,7 +60,7 @@ class LedgerRecorder:
             self.ledger.audit(s, f"step.{step}.failed", "batch", payload={"reason": reason, "rows": len(frame)},
                               prov=prov)
 
-    def _reject(self, s, step: str, rejected: pd.DataFrame, prov: Provenance) -> None:
+    def _reject(self, s, step: str, rejected: pd.DataFrame, prov: Provenance) -> list[dict]:
         rows = rejected.assign(step=step)
         self.ledger.record_rejections(s, rows, namespace=self.namespace, prov=prov)
         coids = rows["client_order_id"].dropna()
@@ -68,27 +69,24 @@ class LedgerRecorder:
             self.ledger.update_orders(s, pd.DataFrame({
                 "client_order_id": known["client_order_id"], "status": "REJECTED", "reason": known["reason"],
                 "updated_at": pd.Timestamp.now(tz="UTC")}), venue=self.venue, prov=prov)
-        self.ledger.audit_many(s, [{"event": "signal.rejected", "entity": "signal", "entity_id": sid,
-                                    "payload": {"step": step, "reason": why}}
-                                   for sid, why in zip(rows["signal_id"], rows["reason"], strict=True)], prov=prov)
+        return [{"event": "signal.rejected", "entity": "signal", "entity_id": sid, "payload": {"step": step, "reason": why}}
+                for sid, why in zip(rows["signal_id"], rows["reason"], strict=True)]
 
-    def _intake(self, s, frame, prov, extra) -> None:
+    def _intake(self, s, frame, prov, extra) -> list[dict] | None:
         self.ledger.record_signals(s, frame, namespace=self.namespace, prov=prov)
 
-    def _order_creation(self, s, frame, prov, extra) -> None:
+    def _order_creation(self, s, frame, prov, extra) -> list[dict] | None:
         self.ledger.record_orders(s, frame, namespace=self.namespace, venue=self.venue, prov=prov)
 
-    def _placement(self, s, frame, prov, extra) -> None:
+    def _placement(self, s, frame, prov, extra) -> list[dict] | None:
         if frame.empty:
             return
         self.ledger.update_orders(s, frame[["client_order_id", "broker_order_id", "status", "placed_at"]]
                                   .assign(updated_at=frame["acked_at"]), venue=self.venue, prov=prov)
-        self.ledger.audit_many(s, [{"event": "order.placed", "entity": "order", "entity_id": c,
-                                    "payload": {"broker_order_id": b}}
-                                   for c, b in zip(frame["client_order_id"], frame["broker_order_id"], strict=True)],
-                               prov=prov)
+        return [{"event": "order.placed", "entity": "order", "entity_id": c, "payload": {"broker_order_id": b}}
+                for c, b in zip(frame["client_order_id"], frame["broker_order_id"], strict=True)]
 
-    def _monitoring(self, s, frame, prov, extra) -> None:
+    def _monitoring(self, s, frame, prov, extra) -> list[dict] | None:
         if frame.empty:
             return
         fills = frame[frame["last_qty"] > 0]
@@ -99,13 +97,12 @@ class LedgerRecorder:
         latest = _latest_per_order(frame)
         self.ledger.update_orders(s, latest, venue=self.venue, prov=prov)
         terminal = latest[latest["status"].isin(["FILLED", "CANCELED", "REJECTED", "EXPIRED"])]
-        self.ledger.audit_many(s, [{"event": f"order.{st.lower()}", "entity": "order", "entity_id": c,
-                                    "payload": {"filled_quantity": q, "reason": r}}
-                                   for c, st, q, r in zip(terminal["client_order_id"], terminal["status"],
-                                                          terminal["filled_quantity"], terminal["reason"], strict=True)],
-                               prov=prov)
+        return [{"event": f"order.{st.lower()}", "entity": "order", "entity_id": c,
+                 "payload": {"filled_quantity": q, "reason": r}}
+                for c, st, q, r in zip(terminal["client_order_id"], terminal["status"], terminal["filled_quantity"],
+                                       terminal["reason"], strict=True)]
 
-    def _positions(self, s, frame, prov, extra) -> None:
+    def _positions(self, s, frame, prov, extra) -> list[dict] | None:
         snapshot = extra.get("positions")
         if snapshot is not None and len(snapshot):
             self.ledger.record_positions(s, snapshot, prov=prov)
