@@ -75,10 +75,10 @@ def main(n: int = 1000) -> None:
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             acks, totals, steps = asyncio.run(bench())
         direct_acks, direct_totals, _ = asyncio.run(_signals_through(n, f"sqlite:///{tmp / 'direct.db'}", False))
+        emit("live_eight_tasks_p50", float(np.percentile(totals, 50)), "ms", "<= 50")
+        emit("live_eight_tasks_p99", float(np.percentile(totals, 99)), "ms", "<= 100")
         emit("live_signal_to_ack_p50", float(np.percentile(acks, 50)), "ms", "<= 50")
         emit("live_signal_to_ack_p99", float(np.percentile(acks, 99)), "ms", "<= 100")
-        emit("live_eight_tasks_p50", float(np.percentile(totals, 50)), "ms", None)
-        emit("live_eight_tasks_p99", float(np.percentile(totals, 99)), "ms", None)
         emit("live_eight_steps_direct_p50", float(np.percentile(direct_totals, 50)), "ms", None)
         for name, secs in steps.items():
             emit(f"live_step_{name}_mean", secs / n * 1e3, "ms", None)
