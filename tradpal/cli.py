@@ -201,6 +201,9 @@ COMMANDS = {"replay": cmd_replay, "demo": cmd_demo, "analytics": cmd_analytics, 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from tradpal.config import load_settings
+
+        load_settings()  # invalid TRADPAL_* configuration fails here, naming the key, before any run
         return COMMANDS[args.command](args)
     except InputError as exc:
         print(f"tradpal: error: {exc}", file=sys.stderr)

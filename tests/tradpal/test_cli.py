@@ -110,3 +110,34 @@ def test_replay_command_end_to_end(tmp_path):
     for key in ("final_cash", "final_position", "final_equity", "total_fees"):
         assert key in summary
     assert summary["final_position"] == 0
+
+
+def test_invalid_configuration_fails_before_anything_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRADPAL_BROKER", "nasdaq")
+    signals = tmp_path / "s.csv"
+    signals.write_text("timestamp,symbol,side,quantity\n2018-01-10T05:00:00Z,ETH/BTC,buy,1\n")
+    assert main(_args(tmp_path, SAMPLE / "BITTREX_ETH-BTC_5m.csv", signals)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tradpal: error: TRADPAL_BROKER:") and "unknown broker 'nasdaq'" in err
+    assert not (tmp_path / "ledger.db").exists()
+
+
+def test_live_and_analytics_commands(prefect_api, tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    signals = tmp_path / "s.csv"
+    signals.write_text("timestamp,symbol,side,quantity,signal_id\n2024-01-01T00:00:00Z,BTC/USDT,buy,0.5,L1\n"
+                       "2024-01-01T00:00:00Z,BTC/USDT,sell,1,L2\n")
+    assert main(["live", "--signals", str(signals), "--price", "BTC/USDT=100", "--cash", "1000",
+                 "--database-url", db]) == 0
+    out = capsys.readouterr().out
+    assert "fills: 1" in out and "rejected: 1" in out
+    assert main(["analytics", "--database-url", db]) == 0
+    out = capsys.readouterr().out
+    assert "Post-trade analytics" in out and "BTC/USDT" in out and "pre_checks: 1" in out
+
+
+def test_bad_price_argument(tmp_path, capsys):
+    signals = tmp_path / "s.csv"
+    signals.write_text("timestamp,symbol,side,quantity\n2024-01-01T00:00:00Z,BTC/USDT,buy,0.5\n")
+    assert main(["live", "--signals", str(signals), "--price", "BTC/USDT:100"]) == 2
+    assert "--price: expected SYMBOL=PRICE" in capsys.readouterr().err
