@@ -57,6 +57,18 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture
+def ledger(ledger_url: str):
+    """A migrated, empty ledger on each backend of ``ledger_url`` (closed afterwards)."""
+    from tradpal.ledger import Ledger
+
+    led = Ledger(ledger_url)
+    try:
+        yield led
+    finally:
+        led.close()
+
+
 # -- Prefect ---------------------------------------------------------------------------
 
 

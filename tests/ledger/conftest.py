@@ -1,20 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tradpal.ledger import Ledger, Provenance
-
-
-@pytest.fixture
-def ledger(ledger_url: str) -> Iterator[Ledger]:
-    """A migrated, empty ledger on each backend of ``ledger_url`` (tests/conftest.py)."""
-    led = Ledger(ledger_url)
-    try:
-        yield led
-    finally:
-        led.close()
 
 
 @pytest.fixture

@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
-import pytest
 
 from brokers.base.clock import SimulatedClock, WallClock
 from brokers.paper import PaperBroker
@@ -103,15 +102,6 @@ def build_context(
         namespace=namespace,
     )
 
-
-@pytest.fixture
-def ledger(ledger_url: str) -> Iterator[Ledger]:
-    """A migrated, empty ledger on each backend (sqlite; postgresql when configured)."""
-    led = Ledger(ledger_url)
-    try:
-        yield led
-    finally:
-        led.close()
 
 
 def ledger_context(ledger: Ledger, kind: str = "replay", **kw: Any) -> ExecutionContext:
