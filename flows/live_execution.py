@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 
 from brokers.base.clock import WallClock
 from brokers.paper import PaperBroker
+from risk.alerts import alerter_from_env
 from tasks.context import Book, ExecutionContext, MarketData, PipelineConfig
 from tasks.pipeline import run_batch
 from tasks.prefect_tasks import task_caller
@@ -61,6 +62,7 @@ async def live_execution(signals: list[dict], prices: dict[str, float] | None = 
                            book=Book(cash=cash, quote_currency=quote), recorder=None, run_id=run_id,
                            namespace="live", strategy="live")
     ctx.recorder = LedgerRecorder(ledger, run_id=run_id, namespace="live", venue=broker.name)
+    ctx.alerter = alerter_from_env()
     ctx.config = PipelineConfig(rules={s: ctx.config.default_rules for s in prices})
     try:
         reports = await run_batch(pd.DataFrame(signals), ctx, call=task_caller("live"))

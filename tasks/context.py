@@ -153,6 +153,7 @@ class ExecutionContext:
         self.run_id = run_id
         self.namespace = namespace
         self.default_strategy = strategy
+        self.alerter: Any = None  # risk.alerts.Alerter, when alert channels are configured
         self.open_orders: dict[str, OpenOrder] = {}
         self.generated_signal_ids = 0  # intake: ids given so far to signals that came without one
         self.monitor_until: pd.Timestamp | None = None  # replay: the end of the current chunk

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 import pandera.pandas as pa
 
+from risk.alerts import breach_alerts
 from tasks import contracts as c
 from tasks.analysis import analyse_executions
 from tasks.context import ExecutionContext
@@ -33,6 +34,7 @@ class Step:
     fn: Callable[..., StepResult]
     output: type[pa.DataFrameModel]
     talks_to_broker: bool = False
+    alerts_on_rejection: bool = False  # a refusal here is a risk breach: alert
 
     @property
     def title(self) -> str:
@@ -43,7 +45,7 @@ STEPS: tuple[Step, ...] = (
     Step(1, "intake", intake_signals, c.SignalFrame),
     Step(2, "sizing", size_signals, c.SizedFrame),
     Step(3, "order_creation", create_orders, c.OrderFrame),
-    Step(4, "pre_checks", pre_execution_checks, c.CheckedFrame),
+    Step(4, "pre_checks", pre_execution_checks, c.CheckedFrame, alerts_on_rejection=True),
     Step(5, "placement", place_orders, c.PlacedFrame, talks_to_broker=True),
     Step(6, "monitoring", monitor_executions, c.ExecutionFrame, talks_to_broker=True),
     Step(7, "positions", manage_positions, c.PositionFrame, talks_to_broker=True),
@@ -73,7 +75,11 @@ async def run_step(step: Step, frame: pd.DataFrame, ctx: ExecutionContext) -> pd
     if inspect.isawaitable(result):
         result = await result
     out = c.validate(result.frame, step.output, step=step.name)
-    ctx.recorder.record(step.name, out, result.rejected, provenance(ctx), result.extra)
+    prov = provenance(ctx)
+    ctx.recorder.record(step.name, out, result.rejected, prov, result.extra)
+    if step.alerts_on_rejection and len(result.rejected) and ctx.alerter is not None:
+        alerts = breach_alerts(ctx.alerter, step.name, result.rejected, frame, flow_run_id=prov.flow_run_id)
+        ctx.recorder.record_alerts(alerts, prov)
     if "equity" in result.extra:
         ctx.equity_segments.append(result.extra["equity"])
     ctx.counts[f"{step.name}.rejected"] += len(result.rejected)

@@ -52,7 +52,13 @@ def task_caller(label: str):
         except BrokerError as exc:
             tried = f"after {RETRIES} retries" if is_retryable(exc) else "(not retryable)"
             reason = f"{step.name} failed {tried}: {type(exc).__name__}: {exc}"
-            ctx.recorder.record_failure(step.name, frame, reason, provenance(ctx))
+            prov = provenance(ctx)
+            ctx.recorder.record_failure(step.name, frame, reason, prov)
+            if ctx.alerter is not None:
+                alert = ctx.alerter.notify(f"failure:{step.name}", f"TradPal order failure at {step.name}",
+                                           f"{reason}. {len(frame)} order(s) affected. Flow run {prov.flow_run_id}.",
+                                           level="failure")
+                ctx.recorder.record_alerts([alert], prov)
             raise
 
     return call

@@ -60,6 +60,16 @@ class LedgerRecorder:
             self.ledger.audit(s, f"step.{step}.failed", "batch", payload={"reason": reason, "rows": len(frame)},
                               prov=prov)
 
+    def record_alerts(self, alerts: list, prov: Provenance) -> None:
+        """Each alert's outcome in the audit log: sent, throttled, or failed on which channel and why."""
+        rows = [{"event": "alert.throttled" if a.throttled else ("alert.sent" if a.delivered else "alert.failed"),
+                 "entity": "alert", "entity_id": a.key,
+                 "payload": {"title": a.title, "body": a.body, "sent": list(a.sent),
+                             "failed": [{"channel": c, "why": w} for c, w in a.failed]}} for a in alerts]
+        if rows:
+            with self.ledger.transaction() as s:
+                self.ledger.audit_many(s, rows, prov=prov)
+
     def _reject(self, s, step: str, rejected: pd.DataFrame, prov: Provenance) -> list[dict]:
         rows = rejected.assign(step=step)
         self.ledger.record_rejections(s, rows, namespace=self.namespace, prov=prov)
@@ -118,4 +128,7 @@ class NullRecorder:
         return None
 
     def record_failure(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def record_alerts(self, *args: Any, **kwargs: Any) -> None:
         return None

@@ -69,6 +69,38 @@ def ledger(ledger_url: str):
         led.close()
 
 
+# -- alerts ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def receiver():
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    """A JSON sink on a free loopback port; yields (url, received list)."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            length = int(self.headers.get("Content-Length", 0))
+            received.append({"path": self.path, "json": json.loads(self.rfile.read(length))})
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"json://127.0.0.1:{server.server_port}/alerts", received
+    finally:
+        server.shutdown()
+
+
+
 # -- Prefect ---------------------------------------------------------------------------
 
 

@@ -230,6 +230,7 @@ async def run_replay(params: ReplayParams, inputs: ReplayInputs, ledger, *, call
     a step (the flow passes its Prefect tasks; None runs the plain functions directly)."""
     import uuid
 
+    from risk.alerts import alerter_from_env
     from tasks.pipeline import run_batch
     from tasks.recorder import LedgerRecorder
 
@@ -237,6 +238,7 @@ async def run_replay(params: ReplayParams, inputs: ReplayInputs, ledger, *, call
     ledger.start_run("replay", asdict(params), run_id=run_id, flow_run_id=flow_run_id)
     ctx = build_context(params, inputs, recorder=None, run_id=run_id)
     ctx.recorder = LedgerRecorder(ledger, run_id=run_id, namespace=ctx.namespace, venue=ctx.venue)
+    ctx.alerter = alerter_from_env()
     batches = plan_batches(inputs, params.chunk_signals)
     reports = []
     try:

@@ -43,3 +43,22 @@ def test_redelivered_signal_yields_one_order(prefect_api, tmp_path):
     assert len(ledger.frame("orders")) == 1
     rej = ledger.frame("rejections")
     assert rej["reason"].str.contains("already received").all()
+
+
+def test_risk_breach_alerts_through_apprise(prefect_api, tmp_path, receiver, monkeypatch):
+    url, received = receiver
+    monkeypatch.setenv("TRADPAL_ALERT_URLS", url)
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    signal = {"timestamp": pd.Timestamp.now(tz="UTC").isoformat(), "symbol": "BTC/USDT", "side": "buy",
+              "quantity": 1.0, "signal_id": "whale", "strategy": "momentum"}
+    summary = asyncio.run(live_execution([signal], prices={"BTC/USDT": 50_000.0}, cash=1_000.0, database_url=db))
+    assert summary["rejected"] == 1
+    assert len(received) == 1
+    alert = received[0]["json"]
+    assert alert["title"] == "TradPal risk breach at pre_checks: insufficient funds"
+    for part in ("whale", "needs ~50050", "cash 1000", "BTC/USDT", "momentum"):
+        assert part in alert["message"], part
+    ledger = Ledger(db)
+    audit = ledger.frame("audit_log", run_id=summary["run_id"])
+    sent = audit[audit["event"] == "alert.sent"]
+    assert len(sent) == 1 and sent["flow_run_id"].iloc[0] in alert["message"]

@@ -1,0 +1,131 @@
+"""Alerts: one `Alerter.notify()` that sends to every configured Apprise channel, isolates
+each channel's failure, throttles repeats, and never blocks or fails trading.
+
+Channels are Apprise URLs (``json://host:port/path``, ``slack://...``, ``mailto://...``)
+from configuration or ``TRADPAL_ALERT_URLS`` (comma-separated). Apprise's ``notify()``
+returns False for an unreachable target rather than raising: that is checked, logged and
+returned per channel, and recorded by the caller (see `Alert.failed`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("tradpal.alerts")
+LEVELS = {"info", "success", "warning", "failure"}
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One notification and what became of it on each channel."""
+
+    key: str
+    title: str
+    body: str
+    level: str
+    sent: tuple[str, ...] = ()
+    failed: tuple[tuple[str, str], ...] = ()  # (channel, why)
+    throttled: bool = False
+
+    @property
+    def delivered(self) -> bool:
+        return bool(self.sent) and not self.failed
+
+
+def alert_urls_from_env(env: dict[str, str] | None = None) -> list[str]:
+    raw = (env if env is not None else os.environ).get("TRADPAL_ALERT_URLS", "")
+    return [u.strip() for u in raw.split(",") if u.strip()]
+
+
+def alerter_from_env() -> Alerter | None:
+    """An `Alerter` over ``TRADPAL_ALERT_URLS`` (throttle ``TRADPAL_ALERT_THROTTLE_S``, default
+    300 s), or None when no channel is configured."""
+    urls = alert_urls_from_env()
+    if not urls:
+        return None
+    return Alerter(urls, throttle_s=float(os.environ.get("TRADPAL_ALERT_THROTTLE_S", "300")))
+
+
+def redact(url: str) -> str:
+    """A channel as it may appear in logs: scheme and host only (URLs carry tokens)."""
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}/…" if rest else url
+
+
+@dataclass
+class Alerter:
+    """Sends alerts to every URL; the same ``key`` is not repeated within ``throttle_s``."""
+
+    urls: Iterable[str]
+    throttle_s: float = 300.0
+    clock: Callable[[], float] = time.monotonic
+    _last: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.urls = list(self.urls)
+
+    def notify(self, key: str, title: str, body: str, *, level: str = "warning") -> Alert:
+        if level not in LEVELS:
+            raise ValueError(f"alert level must be one of {sorted(LEVELS)}, got {level!r}")
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.throttle_s:
+            return Alert(key, title, body, level, throttled=True)
+        self._last[key] = now
+        sent, failed = [], []
+        for url in self.urls:
+            ok, why = _send_one(url, title, body, level)
+            (sent.append(redact(url)) if ok else failed.append((redact(url), why)))
+            if not ok:
+                log.warning("alert %r not delivered to %s: %s", key, redact(url), why)
+        return Alert(key, title, body, level, tuple(sent), tuple(failed))
+
+
+def _send_one(url: str, title: str, body: str, level: str) -> tuple[bool, str]:
+    """Send to one channel; never raises."""
+    import apprise
+
+    try:
+        app = apprise.Apprise()
+        if not app.add(url):
+            return False, "not a valid Apprise URL"
+        ok = app.notify(title=title, body=body, notify_type=getattr(apprise.NotifyType, level.upper()))
+        return bool(ok), "" if ok else "the channel did not accept the notification"
+    except Exception as exc:  # a channel's failure must never reach trading
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+def breach_alerts(alerter: Alerter, step: str, rejected, orders, *, flow_run_id: str | None) -> list[Alert]:
+    """One alert per refused order of a risk step (pre-checks): what happened, which check
+    and its value against the threshold (the check's reason says both), symbol, strategy,
+    and the Prefect flow run. Throttled per (check, symbol). Also emitted as the Prefect
+    event ``tradpal.risk.breach`` so automations can react."""
+    info = orders.set_index("client_order_id")[["symbol", "strategy", "side", "quantity"]].to_dict("index") \
+        if len(orders) and "client_order_id" in orders else {}
+    alerts = []
+    for coid, sid, reason in zip(rejected["client_order_id"], rejected["signal_id"], rejected["reason"], strict=True):
+        o = info.get(coid, {})
+        rule = str(reason).split(":")[0].split(" (")[0]
+        title = f"TradPal risk breach at {step}: {rule}"
+        body = (f"Order {coid} for signal {sid} refused: {reason}. Symbol {o.get('symbol', '?')}, strategy "
+                f"{o.get('strategy', '?')}, {o.get('side', '?')} {o.get('quantity', '?')}. Flow run {flow_run_id}.")
+        alerts.append(alerter.notify(f"{step}:{rule}:{o.get('symbol')}", title, body, level="warning"))
+        _emit_breach(step, rule, reason, o, sid, flow_run_id)
+    return alerts
+
+
+def _emit_breach(step: str, rule: str, reason: str, order: dict, signal_id: str, flow_run_id: str | None) -> None:
+    try:
+        from prefect.events import emit_event
+
+        emit_event(event="tradpal.risk.breach", resource={"prefect.resource.id": f"tradpal.risk.{step}"},
+                   payload={"rule": rule, "reason": str(reason), "signal_id": signal_id,
+                            "symbol": order.get("symbol"), "strategy": order.get("strategy"),
+                            "flow_run_id": flow_run_id})
+    except Exception as exc:  # events are best effort: never fail trading for them
+        log.warning("could not emit tradpal.risk.breach: %s", exc)
