@@ -41,9 +41,9 @@ def publish_task(summary: dict, reports: pd.DataFrame, out_dir: str | None, equi
 @flow(name="paper-replay", persist_result=False)
 async def paper_replay(ohlcv: str, signals: str, symbol: str, cash: float = 10_000.0, fee_rate: float = 0.001,
                        slippage_bps: float = 0.0, out: str | None = None, database_url: str | None = None,
-                       chunk_signals: int = 500) -> dict:
+                       chunk_signals: int | None = None, risk_config: str | None = None) -> dict:
     """Replay ``signals`` against the bars in ``ohlcv``; returns the summary."""
-    params = ReplayParams(ohlcv, signals, symbol, cash, fee_rate, slippage_bps, out, chunk_signals)
+    params = ReplayParams(ohlcv, signals, symbol, cash, fee_rate, slippage_bps, out, chunk_signals, risk_config)
     inputs = load_inputs_task(params)
     ledger = Ledger(database_url or load_settings().ledger_url())
     result = await run_replay(params, inputs, ledger, caller=task_caller,

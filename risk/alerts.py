@@ -41,13 +41,15 @@ def alert_urls_from_env(env: dict[str, str] | None = None) -> list[str]:
     return [u.strip() for u in raw.split(",") if u.strip()]
 
 
-def alerter_from_env() -> Alerter | None:
-    """An `Alerter` over ``TRADPAL_ALERT_URLS`` (throttle ``TRADPAL_ALERT_THROTTLE_S``, default
-    300 s), or None when no channel is configured."""
-    urls = alert_urls_from_env()
+def alerter_from_env(risk=None) -> Alerter | None:
+    """An `Alerter` over the risk configuration's ``alerts.urls`` plus ``TRADPAL_ALERT_URLS``
+    (throttle: the configuration's, else ``TRADPAL_ALERT_THROTTLE_S``, default 300 s), or None
+    when no channel is configured."""
+    urls = [*(risk.alerts.urls if risk is not None else []), *alert_urls_from_env()]
     if not urls:
         return None
-    return Alerter(urls, throttle_s=float(os.environ.get("TRADPAL_ALERT_THROTTLE_S", "300")))
+    default = float(os.environ.get("TRADPAL_ALERT_THROTTLE_S", "300"))
+    return Alerter(urls, throttle_s=risk.alerts.throttle_s if risk is not None else default)
 
 
 def redact(url: str) -> str:
@@ -121,8 +123,11 @@ def breach_alerts(alerter: Alerter, step: str, rejected, orders, *, flow_run_id:
 
 def _emit_breach(step: str, rule: str, reason: str, order: dict, signal_id: str, flow_run_id: str | None) -> None:
     try:
+        from prefect.context import FlowRunContext
         from prefect.events import emit_event
 
+        if FlowRunContext.get() is None:  # outside a flow run there is no API to tell (and none to start)
+            return
         emit_event(event="tradpal.risk.breach", resource={"prefect.resource.id": f"tradpal.risk.{step}"},
                    payload={"rule": rule, "reason": str(reason), "signal_id": signal_id,
                             "symbol": order.get("symbol"), "strategy": order.get("strategy"),

@@ -58,6 +58,7 @@ class PipelineConfig:
     order_timeout_s: float | None = 30.0  # monitoring cancels what is still open after this
     poll_interval_s: float = 0.2
     client_id_prefix: str = "tp"
+    risk: Any = None  # risk.config.RiskConfig: limits (step 4) and per-strategy sizing (step 2)
 
     def rules_for(self, symbol: str) -> SymbolRules:
         return self.rules.get(symbol, self.default_rules)
@@ -112,9 +113,25 @@ class Book:
     realized_by_symbol: dict[str, float] = field(default_factory=dict)
     fees: float = 0.0
     last_price: dict[str, float] = field(default_factory=dict)
+    peak_equity: float = 0.0  # highest equity seen (drawdown limit)
+    day_start_equity: float = 0.0  # equity when the current UTC day began (daily loss limit)
+    day: object = None
 
     def equity(self) -> float:
         return self.cash + sum(q * self.last_price.get(s, 0.0) for s, q in self.positions.items())
+
+    def observe(self, stamps: pd.Series, equity: np.ndarray) -> None:
+        """Track the peak and the day's opening equity from an equity series in time order."""
+        if len(equity) == 0:
+            return
+        self.peak_equity = max(self.peak_equity, float(np.max(equity)))
+        days = stamps.dt.floor("D").to_numpy()
+        last_day = days[-1]
+        if self.day != last_day:
+            first = int(np.argmax(days == last_day))
+            # the day's opening equity: the last value before the day began, else its first value
+            self.day_start_equity = float(equity[first - 1]) if first > 0 else float(equity[first])
+            self.day = last_day
 
 
 @dataclass
@@ -159,6 +176,7 @@ class ExecutionContext:
         self.monitor_until: pd.Timestamp | None = None  # replay: the end of the current chunk
         self.final = False  # replay: the last chunk; whatever is still open expires
         self.equity_segments: list[pd.DataFrame] = []
+        self.breaches: list[dict] = []  # limit breaches seen by step 4 (time, rule, symbol, value, threshold)
         self.step_seconds: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self.started = time.perf_counter()

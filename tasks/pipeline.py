@@ -82,6 +82,7 @@ async def run_step(step: Step, frame: pd.DataFrame, ctx: ExecutionContext) -> pd
         ctx.recorder.record_alerts(alerts, prov)
     if "equity" in result.extra:
         ctx.equity_segments.append(result.extra["equity"])
+    ctx.breaches.extend(result.extra.get("breaches", []))
     ctx.counts[f"{step.name}.rejected"] += len(result.rejected)
     ctx.counts[f"{step.name}.out"] += len(out)
     ctx.step_seconds[step.name] += time.perf_counter() - t0

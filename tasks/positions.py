@@ -86,6 +86,10 @@ async def manage_positions(executions: pd.DataFrame, ctx: ExecutionContext) -> S
             last = ctx.market.last_close_at(sym, np.array([now_ns]))[0]
             if last == last:
                 book.last_price[sym] = float(last)
+    if len(segment):
+        book.observe(segment["timestamp"], segment["equity"].to_numpy("float64"))
+    else:
+        book.observe(pd.Series([ctx.clock.now()]), np.array([book.equity()]))
     await check_against_broker(ctx)
     return StepResult(booked, extra={"equity": segment, "positions": snapshot(book, ctx.clock.now())})
 

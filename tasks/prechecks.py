@@ -1,11 +1,13 @@
 """Step 4 — pre-execution checks (`risk.checks`): symbol known, minimums, price sanity,
-and (when configured) the balance projected over the batch."""
+the risk configuration's limits (`risk.limits`, when configured) and the balance
+projected over the batch (when configured)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from risk.checks import check_balance, check_minimums, check_price_sanity, check_symbol_known, first_reason
+from risk.limits import check_limits
 from tasks.context import ExecutionContext
 from tasks.step import StepResult, rejections
 
@@ -21,6 +23,14 @@ def pre_execution_checks(orders: pd.DataFrame, ctx: ExecutionContext) -> StepRes
                        {s: cfg.rules_for(s).min_notional for s in symbols}),
         check_price_sanity(orders, cfg.max_price_deviation),
     ]
+    breaches: list = []
+    if cfg.risk is not None:
+        book = ctx.book
+        equity = book.equity()
+        breaches = check_limits(orders, cfg.risk, equity=equity, peak_equity=max(book.peak_equity, equity),
+                                day_start_equity=book.day_start_equity or equity, positions=book.positions,
+                                marks=book.last_price, open_orders=len(ctx.open_orders), now=now)
+        results.append([None if b is None else str(b) for b in breaches])
     if cfg.check_balance:
         results.append(check_balance(orders, ctx.book.cash, ctx.book.positions, now, cfg.fee_rate_estimate))
     reasons = first_reason(*results)
@@ -28,4 +38,5 @@ def pre_execution_checks(orders: pd.DataFrame, ctx: ExecutionContext) -> StepRes
     out = orders.loc[~bad].copy()
     out["checked_at"] = pd.Series([now] * len(out), index=out.index, dtype="datetime64[ns, UTC]")
     rejected = rejections(orders.loc[bad, "signal_id"], reasons[bad], orders.loc[bad, "client_order_id"])
-    return StepResult(out.reset_index(drop=True), rejected)
+    fired = [b.as_dict(t) for b, t in zip(breaches, orders["signal_time"], strict=False) if b is not None]
+    return StepResult(out.reset_index(drop=True), rejected, extra={"breaches": fired} if fired else {})

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fee-rate", type=_number(float), default=0.001, help="fee as a fraction of notional")
     r.add_argument("--slippage-bps", type=_number(float), default=0.0, help="slippage against the trader, bps")
     r.add_argument("--out", required=True, help="directory for fills.csv, equity.csv and summary.json")
+    r.add_argument("--risk-config", help="risk YAML (limits, sizing, alerts); see `tradpal risk example`")
     _common(r)
 
     d = sub.add_parser("demo", help="replay an SMA crossover over real ETH/BTC candles and print a summary")
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analytics", help="post-trade analytics over the ledger")
     a.add_argument("--run", dest="run_id", help="a run id (default: the latest run)")
     a.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
+
+    rk = sub.add_parser("risk", help="risk configuration: print an example, or check a file")
+    rk_sub = rk.add_subparsers(dest="risk_command", required=True, metavar="ACTION", parser_class=_Parser)
+    rk_sub.add_parser("example", help="print a complete, commented example configuration")
+    chk = rk_sub.add_parser("check", help="validate a risk configuration file")
+    chk.add_argument("file")
 
     lv = sub.add_parser("live", help="run a batch of signals through live_execution (paper broker by default)")
     lv.add_argument("--signals", required=True, help="signals CSV/Parquet")
@@ -69,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _common(p: argparse.ArgumentParser, chunks: bool = True) -> None:
     p.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
     if chunks:
-        p.add_argument("--chunk-signals", type=int, default=500, help="signals per batch of eight task runs")
+        p.add_argument("--chunk-signals", type=int, default=None,
+                       help="signals per batch of eight task runs (default 500; 1 with --risk-config)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -106,8 +114,9 @@ def _with_progress(quiet: bool, fn):
 def cmd_replay(args) -> int:
     from tradpal.replay import ReplayParams, load_inputs
 
+    risk_config = getattr(args, "risk_config", None)
     params = ReplayParams(args.ohlcv, args.signals, args.symbol, args.cash, args.fee_rate, args.slippage_bps,
-                          args.out, args.chunk_signals)
+                          args.out, args.chunk_signals, risk_config)
     load_inputs(params)  # every input problem surfaces here, before any run starts
     _prepare_prefect()
     from flows.paper_replay import paper_replay
@@ -115,7 +124,7 @@ def cmd_replay(args) -> int:
     summary = _with_progress(args.quiet, lambda: _run_flow(
         paper_replay, ohlcv=args.ohlcv, signals=args.signals, symbol=args.symbol, cash=args.cash,
         fee_rate=args.fee_rate, slippage_bps=args.slippage_bps, out=args.out, database_url=args.database_url,
-        chunk_signals=args.chunk_signals))
+        chunk_signals=args.chunk_signals, risk_config=risk_config))
     _print_summary(summary)
     return 0
 
@@ -195,7 +204,19 @@ def cmd_live(args) -> int:
     return 0 if summary.get("ok") else 1
 
 
-COMMANDS = {"replay": cmd_replay, "demo": cmd_demo, "analytics": cmd_analytics, "live": cmd_live}
+def cmd_risk(args) -> int:
+    from risk.config import EXAMPLE, load_risk_config
+
+    if args.risk_command == "example":
+        print(EXAMPLE, end="")
+        return 0
+    config = load_risk_config(args.file)
+    print(f"{args.file}: valid ({len(config.assets)} assets, {len(config.sectors)} sectors, "
+          f"{len(config.sizing.strategies)} strategy sizing rules)")
+    return 0
+
+
+COMMANDS = {"risk": cmd_risk, "replay": cmd_replay, "demo": cmd_demo, "analytics": cmd_analytics, "live": cmd_live}
 
 
 def main(argv: list[str] | None = None) -> int:

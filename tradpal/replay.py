@@ -28,7 +28,14 @@ class ReplayParams:
     fee_rate: float = 0.001
     slippage_bps: float = 0.0
     out: str | None = None
-    chunk_signals: int = 500
+    chunk_signals: int | None = None  # default: 500; 1 with a risk config (limits see every fill)
+    risk_config: str | None = None
+
+    @property
+    def batch_size(self) -> int:
+        if self.chunk_signals is not None:
+            return self.chunk_signals
+        return 1 if self.risk_config else 500
 
     def check(self) -> None:
         if "/" not in self.symbol:
@@ -39,7 +46,7 @@ class ReplayParams:
             raise InputError(f"--fee-rate: must be in [0, 1), got {self.fee_rate}")
         if not 0 <= self.slippage_bps < 10_000:
             raise InputError(f"--slippage-bps: must be in [0, 10000), got {self.slippage_bps}")
-        if self.chunk_signals < 1:
+        if self.chunk_signals is not None and self.chunk_signals < 1:
             raise InputError(f"chunk_signals: must be >= 1, got {self.chunk_signals}")
 
 
@@ -47,15 +54,19 @@ class ReplayParams:
 class ReplayInputs:
     bars: pd.DataFrame
     signals: pd.DataFrame
+    risk: object = None  # risk.config.RiskConfig
 
 
 def load_inputs(params: ReplayParams) -> ReplayInputs:
     """Load and check both files; raises `InputError` before anything is written."""
+    from risk.config import load_risk_config
+
     params.check()
+    risk = load_risk_config(params.risk_config) if params.risk_config else None
     bars = load_ohlcv(params.ohlcv)
     signals = load_signals(params.signals)
     signals["received_at"] = signals["timestamp"]  # in a replay a signal arrives at its own time
-    return ReplayInputs(bars, signals)
+    return ReplayInputs(bars, signals, risk)
 
 
 def quote_of(symbol: str) -> str:
@@ -71,7 +82,7 @@ def build_context(params: ReplayParams, inputs: ReplayInputs, *, recorder, run_i
                          name=f"paper:{run_id}")
     broker.add_market_data(params.symbol, inputs.bars)
     config = PipelineConfig(sizing=SizingConfig("signal"), check_balance=False, order_timeout_s=None,
-                            max_price_deviation=1.0)
+                            max_price_deviation=1.0, risk=inputs.risk)
     return ExecutionContext(broker=broker, clock=clock, config=config,
                             market=MarketData({params.symbol: inputs.bars}),
                             book=Book(cash=params.cash, quote_currency=quote), recorder=recorder,
@@ -171,6 +182,8 @@ def summarize(params: ReplayParams, inputs: ReplayInputs, ctx: ExecutionContext,
         "final_position": position,
         "final_equity": float(book.cash + position * last_close),
         "max_drawdown": max_drawdown(curve["equity"].to_numpy("float64")),
+        "breaches": ctx.breaches,
+        "halted": any(b["rule"] in ("max_drawdown", "max_daily_loss") for b in ctx.breaches),
         "quote_currency": book.quote_currency,
         "params": asdict(params),
     }
@@ -238,8 +251,8 @@ async def run_replay(params: ReplayParams, inputs: ReplayInputs, ledger, *, call
     ledger.start_run("replay", asdict(params), run_id=run_id, flow_run_id=flow_run_id)
     ctx = build_context(params, inputs, recorder=None, run_id=run_id)
     ctx.recorder = LedgerRecorder(ledger, run_id=run_id, namespace=ctx.namespace, venue=ctx.venue)
-    ctx.alerter = alerter_from_env()
-    batches = plan_batches(inputs, params.chunk_signals)
+    ctx.alerter = alerter_from_env(inputs.risk)
+    batches = plan_batches(inputs, params.batch_size)
     reports = []
     try:
         for i, batch in enumerate(batches):

@@ -141,3 +141,25 @@ def test_bad_price_argument(tmp_path, capsys):
     signals.write_text("timestamp,symbol,side,quantity\n2024-01-01T00:00:00Z,BTC/USDT,buy,0.5\n")
     assert main(["live", "--signals", str(signals), "--price", "BTC/USDT:100"]) == 2
     assert "--price: expected SYMBOL=PRICE" in capsys.readouterr().err
+
+
+def test_risk_example_passes_its_own_check(tmp_path, capsys):
+    assert main(["risk", "example"]) == 0
+    example = capsys.readouterr().out
+    path = tmp_path / "risk.yaml"
+    path.write_text(example)
+    assert main(["risk", "check", str(path)]) == 0
+    assert "valid (2 assets, 1 sectors, 1 strategy sizing rules)" in capsys.readouterr().out
+    path.write_text(example.replace("max_drawdown: 0.20", "max_drawdown: -1"))
+    assert main(["risk", "check", str(path)]) == 2
+    assert "portfolio.max_drawdown: Input should be greater than 0 (got -1)" in capsys.readouterr().err
+
+
+def test_replay_with_a_bad_risk_config_exits_2_before_anything(tmp_path, capsys):
+    signals = tmp_path / "s.csv"
+    signals.write_text("timestamp,symbol,side,quantity\n2018-01-10T05:00:00Z,ETH/BTC,buy,1\n")
+    risk = tmp_path / "risk.yaml"
+    risk.write_text("portfolio: {max_drawdown: 0.2}\n")
+    code = main(_args(tmp_path, SAMPLE / "BITTREX_ETH-BTC_5m.csv", signals, "--risk-config", str(risk)))
+    assert code == 2 and "portfolio.max_daily_loss: Field required" in capsys.readouterr().err
+    assert not (tmp_path / "ledger.db").exists()

@@ -103,3 +103,41 @@ def test_max_drawdown():
     assert max_drawdown(np.array([100.0, 120.0, 90.0, 130.0, 117.0])) == pytest.approx(0.25)
     assert max_drawdown(np.array([1.0, 2.0, 3.0])) == 0.0
     assert max_drawdown(np.array([])) == 0.0
+
+
+def _risk_replay(tmp_path, rows, risk_yaml, monkeypatch=None, receiver_url=None):
+    sig = tmp_path / "sig.csv"
+    sig.write_text("timestamp,symbol,side,quantity,signal_id,strategy\n" + "\n".join(rows) + "\n")
+    risk = tmp_path / "risk.yaml"
+    risk.write_text(risk_yaml + (f"alerts: {{urls: ['{receiver_url}'], throttle_s: 0}}\n" if receiver_url else ""))
+    params = ReplayParams(str(SAMPLE / "BITTREX_ETH-BTC_5m.csv"), str(sig), "ETH/BTC", 1.0, 0.001, 0.0, None,
+                          None, str(risk))
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    return asyncio.run(run_replay(params, load_inputs(params), ledger)), ledger
+
+
+def test_replay_trips_a_limit_records_it_and_alerts(tmp_path, receiver):
+    url, received = receiver
+    result, ledger = _risk_replay(tmp_path, [
+        "2018-01-10T05:00:00Z,ETH/BTC,buy,1,a,s", "2018-01-10T06:00:00Z,ETH/BTC,buy,1,b,s",
+        "2018-01-10T07:00:00Z,ETH/BTC,sell,1,c,s"],
+        "portfolio: {max_drawdown: 0.5, max_daily_loss: 0.5, max_gross_exposure: 5}\n"
+        "assets: {ETH/BTC: {max_position: 1.5}}\n", receiver_url=url)
+    s = result.summary
+    assert s["n_fills"] == 2 and s["rejected"] == 1 and s["halted"] is False
+    assert s["breaches"] == [{"time": "2018-01-10 06:00:00+00:00", "rule": "max_position", "symbol": "ETH/BTC",
+                              "value": 2.0, "threshold": 1.5}]
+    rej = ledger.frame("rejections", run_id=s["run_id"])
+    assert rej[["signal_id", "step"]].values.tolist() == [["b", "pre_checks"]]
+    assert [r["json"]["title"] for r in received] == ["TradPal risk breach at pre_checks: max_position ETH/BTC"]
+
+
+def test_replay_halts_new_risk_after_the_drawdown_limit(tmp_path):
+    # buy 8 ETH (~0.8 BTC of 1 BTC) at 05:05; ETH/BTC falls ~5% by 06:00, equity falls ~4% > 1%
+    result, _ = _risk_replay(tmp_path, [
+        "2018-01-10T05:00:00Z,ETH/BTC,buy,8,a,s", "2018-01-10T06:00:00Z,ETH/BTC,buy,0.5,b,s",
+        "2018-01-10T06:00:00Z,ETH/BTC,sell,8,c,s"],
+        "portfolio: {max_drawdown: 0.01, max_daily_loss: 0.5, max_gross_exposure: 5}\n")
+    s = result.summary
+    assert s["halted"] is True and [b["rule"] for b in s["breaches"]] == ["max_drawdown"]
+    assert s["n_fills"] == 2  # the buy was refused; the reducing sell was allowed

@@ -1,0 +1,148 @@
+"""Risk configuration: one YAML file, validated before any run starts.
+
+Every error names the key (dotted path) and what was expected, e.g.
+``risk.yaml: portfolio.max_drawdown: Input should be less than or equal to 1 (got 1.5)``.
+`EXAMPLE` is a complete, commented example that passes validation (`tradpal risk example`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tradpal.errors import ConfigError
+
+Fraction = float
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PortfolioLimits(_Strict):
+    max_drawdown: Fraction = Field(gt=0, le=1, description="halt new risk past this drawdown from peak equity")
+    max_daily_loss: Fraction = Field(gt=0, le=1, description="halt new risk past this loss since the UTC day began")
+    max_gross_exposure: float = Field(gt=0, description="sum of |position value| / equity")
+    max_open_orders: int | None = Field(None, ge=1)
+    max_order_notional: float | None = Field(None, gt=0, description="quote currency, at the reference price")
+
+
+class SizingRule(_Strict):
+    method: Literal["signal", "fixed", "fixed_fractional"] = "signal"
+    quantity: float | None = Field(None, gt=0)
+    fraction: Fraction | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _params(self) -> SizingRule:
+        if self.method == "fixed" and self.quantity is None:
+            raise ValueError("method 'fixed' needs quantity")
+        if self.method == "fixed_fractional" and self.fraction is None:
+            raise ValueError("method 'fixed_fractional' needs fraction")
+        return self
+
+
+class SizingConfig(_Strict):
+    default: SizingRule = SizingRule()
+    strategies: dict[str, SizingRule] = {}
+
+
+class AssetLimits(_Strict):
+    max_position: float | None = Field(None, gt=0, description="base units")
+    sector: str | None = None
+
+
+class SectorLimits(_Strict):
+    max_exposure: Fraction = Field(gt=0, description="sum of |position value| in the sector / equity")
+
+
+class AlertConfig(_Strict):
+    urls: list[str] = []
+    throttle_s: float = Field(300.0, ge=0)
+
+
+class RiskConfig(_Strict):
+    portfolio: PortfolioLimits
+    sizing: SizingConfig = SizingConfig()
+    assets: dict[str, AssetLimits] = {}
+    sectors: dict[str, SectorLimits] = {}
+    alerts: AlertConfig = AlertConfig()
+
+    @model_validator(mode="after")
+    def _sectors_defined(self) -> RiskConfig:
+        for symbol, asset in self.assets.items():
+            if asset.sector is not None and asset.sector not in self.sectors:
+                raise ValueError(f"assets.{symbol}.sector: sector {asset.sector!r} is not defined under sectors")
+        return self
+
+    def sector_of(self, symbol: str) -> str | None:
+        asset = self.assets.get(symbol)
+        return asset.sector if asset else None
+
+
+def _where(err: dict) -> str:
+    return ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+
+
+def parse_risk_config(text: str, source: str = "risk config") -> RiskConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with a 'portfolio' section at the top level")
+    try:
+        return RiskConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{source}: {_where(err)}: {msg}{got}") from None
+
+
+def load_risk_config(path: str | Path) -> RiskConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: risk config file not found")
+    return parse_risk_config(p.read_text(), str(p))
+
+
+EXAMPLE = """\
+# TradPal risk configuration (validate with: tradpal risk check FILE).
+# Fractions are of equity (0.05 = 5%); notionals are in the account's quote currency.
+
+portfolio:
+  max_drawdown: 0.20        # halt new risk once equity is 20% below its peak
+  max_daily_loss: 0.05      # halt new risk once the day's loss reaches 5% of the day's opening equity
+  max_gross_exposure: 1.0   # sum of |position value| may not exceed 1x equity
+  max_open_orders: 20       # orders open at the broker at once
+  max_order_notional: 5000  # one order's quantity x reference price
+
+sizing:
+  default:                  # for strategies not listed below
+    method: signal          # signal | fixed | fixed_fractional
+  strategies:
+    sma-crossover:
+      method: fixed_fractional
+      fraction: 0.02        # 2% of equity per trade
+
+assets:
+  BTC/USDT:
+    max_position: 1.5       # base units
+    sector: majors
+  ETH/USDT:
+    max_position: 20
+    sector: majors
+
+sectors:
+  majors:
+    max_exposure: 0.8       # BTC + ETH together at most 80% of equity
+
+alerts:
+  urls: []                  # Apprise URLs, e.g. json://127.0.0.1:8080/alerts; also TRADPAL_ALERT_URLS
+  throttle_s: 300           # the same breach is alerted at most once per 5 minutes
+"""

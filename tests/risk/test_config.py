@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import pytest
+
+from risk.config import EXAMPLE, load_risk_config, parse_risk_config
+from tradpal.errors import ConfigError
+
+
+def test_example_is_complete_and_valid():
+    cfg = parse_risk_config(EXAMPLE)
+    assert cfg.portfolio.max_drawdown == 0.20 and cfg.portfolio.max_daily_loss == 0.05
+    assert cfg.portfolio.max_gross_exposure == 1.0
+    assert cfg.sector_of("BTC/USDT") == "majors" and cfg.sectors["majors"].max_exposure == 0.8
+    assert cfg.sizing.strategies["sma-crossover"].fraction == 0.02
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("portfolio: {max_daily_loss: 0.05, max_gross_exposure: 1}", "portfolio.max_drawdown: Field required"),
+    ("portfolio: {max_drawdown: 1.5, max_daily_loss: 0.05, max_gross_exposure: 1}",
+     "portfolio.max_drawdown: Input should be less than or equal to 1 (got 1.5)"),
+    ("portfolio: {max_drawdown: 0.2, max_daily_loss: 0.05, max_gross_exposure: 1, max_leverage: 3}",
+     "portfolio.max_leverage: Extra inputs are not permitted"),
+    ("portfolio: {max_drawdown: 0.2, max_daily_loss: 0.05, max_gross_exposure: 1}\n"
+     "assets: {BTC/USDT: {sector: defi}}", "sector 'defi' is not defined under sectors"),
+    ("portfolio: {max_drawdown: 0.2, max_daily_loss: 0.05, max_gross_exposure: 1}\n"
+     "sizing: {default: {method: fixed}}", "sizing.default: method 'fixed' needs quantity"),
+    ("portfolio: [1, 2", "not valid YAML"),
+    ("- just a list", "expected a mapping"),
+])
+def test_errors_name_the_key_and_what_was_expected(text, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_risk_config(text, "risk.yaml")
+    assert str(err.value).startswith("risk.yaml") and expected in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="risk config file not found"):
+        load_risk_config(tmp_path / "nope.yaml")
