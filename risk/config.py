@@ -63,8 +63,24 @@ class AlertConfig(_Strict):
     throttle_s: float = Field(300.0, ge=0)
 
 
+class VolatilityBreaker(_Strict):
+    lookback: int = Field(100, ge=10, description="bars of returns the z-score is measured against")
+    z_threshold: float = Field(6.0, gt=0, description="|bar return z-score| that halts the symbol")
+    cooldown_minutes: float = Field(60.0, gt=0)
+
+
+class LossLimitBreaker(_Strict):
+    threshold: Fraction = Field(gt=0, le=1, description="loss from the starting equity that halts new risk")
+
+
+class BreakerConfig(_Strict):
+    volatility: VolatilityBreaker | None = None
+    loss_limit: LossLimitBreaker | None = None
+
+
 class RiskConfig(_Strict):
     portfolio: PortfolioLimits
+    breakers: BreakerConfig = BreakerConfig()
     sizing: SizingConfig = SizingConfig()
     assets: dict[str, AssetLimits] = {}
     sectors: dict[str, SectorLimits] = {}
@@ -141,6 +157,14 @@ assets:
 sectors:
   majors:
     max_exposure: 0.8       # BTC + ETH together at most 80% of equity
+
+breakers:
+  volatility:               # a symbol pauses when one bar's return is an outlier
+    lookback: 100           # bars of returns to measure against
+    z_threshold: 6.0        # |z-score| of the bar's return
+    cooldown_minutes: 60
+  loss_limit:
+    threshold: 0.10         # 10% below the starting equity halts all new risk until `tradpal risk reset`
 
 alerts:
   urls: []                  # Apprise URLs, e.g. json://127.0.0.1:8080/alerts; also TRADPAL_ALERT_URLS

@@ -113,9 +113,14 @@ class Book:
     realized_by_symbol: dict[str, float] = field(default_factory=dict)
     fees: float = 0.0
     last_price: dict[str, float] = field(default_factory=dict)
+    start_equity: float = 0.0  # equity when the run began (loss-limit breaker); 0: the starting cash
     peak_equity: float = 0.0  # highest equity seen (drawdown limit)
     day_start_equity: float = 0.0  # equity when the current UTC day began (daily loss limit)
     day: object = None
+
+    def __post_init__(self) -> None:
+        if not self.start_equity:
+            self.start_equity = self.cash
 
     def equity(self) -> float:
         return self.cash + sum(q * self.last_price.get(s, 0.0) for s, q in self.positions.items())

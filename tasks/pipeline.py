@@ -83,6 +83,14 @@ async def run_step(step: Step, frame: pd.DataFrame, ctx: ExecutionContext) -> pd
     if "equity" in result.extra:
         ctx.equity_segments.append(result.extra["equity"])
     ctx.breaches.extend(result.extra.get("breaches", []))
+    trips = result.extra.get("trips", [])
+    ctx.breaches.extend({"time": str(t.at), "rule": t.name, "symbol": None if t.scope == "portfolio" else t.scope,
+                         "value": t.value, "threshold": t.threshold} for t in trips)
+    if trips and ctx.alerter is not None:
+        ctx.recorder.record_alerts([ctx.alerter.notify(f"breaker:{t.name}:{t.scope}", f"TradPal breaker tripped: {t.name}",
+                                                       f"{t.name} ({t.scope}): {t.reason}. Value {t.value:.6g} against "
+                                                       f"threshold {t.threshold:g}. Flow run {prov.flow_run_id}.",
+                                                       level="failure") for t in trips], prov)
     ctx.counts[f"{step.name}.rejected"] += len(result.rejected)
     ctx.counts[f"{step.name}.out"] += len(out)
     ctx.step_seconds[step.name] += time.perf_counter() - t0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from risk.breakers import Trip, loss_limit_trip, volatility_trip
 from tasks.context import Book, ExecutionContext
 from tasks.step import StepResult
 
@@ -91,7 +92,30 @@ async def manage_positions(executions: pd.DataFrame, ctx: ExecutionContext) -> S
     else:
         book.observe(pd.Series([ctx.clock.now()]), np.array([book.equity()]))
     await check_against_broker(ctx)
-    return StepResult(booked, extra={"equity": segment, "positions": snapshot(book, ctx.clock.now())})
+    trips = breaker_trips(ctx, start_ns, now_ns)
+    return StepResult(booked, extra={"equity": segment, "positions": snapshot(book, ctx.clock.now()), "trips": trips})
+
+
+def breaker_trips(ctx: ExecutionContext, start_ns: int, end_ns: int) -> list[Trip]:
+    """The circuit breakers that the market and the book trip in (start, end]."""
+    risk = ctx.config.risk
+    if risk is None:
+        return []
+    trips: list[Trip] = []
+    vol = risk.breakers.volatility
+    if vol is not None:
+        for sym in ctx.market.symbols:
+            trip = volatility_trip(sym, ctx.market.timestamps(sym), ctx.market.closes(sym), start_ns, end_ns,
+                                   lookback=vol.lookback, z_threshold=vol.z_threshold,
+                                   cooldown=pd.Timedelta(minutes=vol.cooldown_minutes))
+            if trip is not None:
+                trips.append(trip)
+    loss = risk.breakers.loss_limit
+    if loss is not None:
+        trip = loss_limit_trip(ctx.book.equity(), ctx.book.start_equity, loss.threshold, ctx.clock.now())
+        if trip is not None:
+            trips.append(trip)
+    return trips
 
 
 def snapshot(book: Book, as_of: pd.Timestamp) -> pd.DataFrame:

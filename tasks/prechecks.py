@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from risk.breakers import blocking_breaker
 from risk.checks import check_balance, check_minimums, check_price_sanity, check_symbol_known, first_reason
 from risk.limits import check_limits
 from tasks.context import ExecutionContext
@@ -17,7 +18,10 @@ def pre_execution_checks(orders: pd.DataFrame, ctx: ExecutionContext) -> StepRes
     now = ctx.clock.now()
     symbols = orders["symbol"].unique()
     known = set(ctx.market.symbols) | set(cfg.rules)
+    active = ctx.recorder.active_breakers(now)
     results = [
+        [blocking_breaker(sym, side == "buy", active, ctx.namespace) for sym, side in zip(orders["symbol"], orders["side"],
+                                                                                           strict=True)],
         check_symbol_known(orders, known),
         check_minimums(orders, {s: cfg.rules_for(s).min_quantity for s in symbols},
                        {s: cfg.rules_for(s).min_notional for s in symbols}),

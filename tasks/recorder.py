@@ -29,6 +29,9 @@ class LedgerRecorder:
     def known_signal_ids(self, signal_ids: list[str]) -> set[str]:
         return self.ledger.existing_signal_ids(self.namespace, signal_ids) if signal_ids else set()
 
+    def active_breakers(self, now: pd.Timestamp) -> list[dict]:
+        return self.ledger.active_breakers(now.to_pydatetime())
+
     def record(self, step: str, frame: pd.DataFrame, rejected: pd.DataFrame, prov: Provenance,
                extra: dict[str, Any] | None = None) -> None:
         writer = getattr(self, f"_{step}", None)
@@ -116,6 +119,11 @@ class LedgerRecorder:
         snapshot = extra.get("positions")
         if snapshot is not None and len(snapshot):
             self.ledger.record_positions(s, snapshot, prov=prov)
+        for trip in extra.get("trips", []):  # breaker state is namespaced: a replay never halts live trading
+            self.ledger.trip_breaker(s, trip.name, f"{self.namespace}|{trip.scope}", trip.reason, value=trip.value,
+                                     threshold=trip.threshold, at=trip.at.to_pydatetime(),
+                                     until=trip.until.to_pydatetime() if trip.until is not None else None, prov=prov)
+        return None
 
 
 class NullRecorder:
@@ -123,6 +131,9 @@ class NullRecorder:
 
     def known_signal_ids(self, signal_ids: list[str]) -> set[str]:
         return set()
+
+    def active_breakers(self, now: pd.Timestamp) -> list[dict]:
+        return []
 
     def record(self, *args: Any, **kwargs: Any) -> None:
         return None

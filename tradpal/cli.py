@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     rk_sub.add_parser("example", help="print a complete, commented example configuration")
     chk = rk_sub.add_parser("check", help="validate a risk configuration file")
     chk.add_argument("file")
+    st = rk_sub.add_parser("status", help="circuit breakers tripped now (from the ledger)")
+    st.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
+    rs = rk_sub.add_parser("reset", help="reset tripped breakers (audited with the reason)")
+    rs.add_argument("--reason", required=True, help="why it is safe to resume (recorded in the audit log)")
+    rs.add_argument("--name", help="only this breaker (e.g. loss_limit)")
+    rs.add_argument("--scope", help="only this scope (e.g. live|portfolio, live|BTC/USDT)")
+    rs.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
 
     lv = sub.add_parser("live", help="run a batch of signals through live_execution (paper broker by default)")
     lv.add_argument("--signals", required=True, help="signals CSV/Parquet")
@@ -210,9 +217,32 @@ def cmd_risk(args) -> int:
     if args.risk_command == "example":
         print(EXAMPLE, end="")
         return 0
+    if args.risk_command in ("status", "reset"):
+        return _breakers(args)
     config = load_risk_config(args.file)
     print(f"{args.file}: valid ({len(config.assets)} assets, {len(config.sectors)} sectors, "
           f"{len(config.sizing.strategies)} strategy sizing rules)")
+    return 0
+
+
+def _breakers(args) -> int:
+    from tradpal.config import load_settings
+    from tradpal.ledger import Ledger, Provenance
+
+    ledger = Ledger(args.database_url or load_settings().ledger_url())
+    if args.risk_command == "reset":
+        if not args.reason.strip():
+            raise InputError("--reason: must say why it is safe to resume")
+        done = ledger.reset_breakers(args.reason, name=args.name, scope=args.scope, prov=Provenance())
+        print(f"reset {len(done)} breaker(s){': ' + ', '.join(done) if done else ''}")
+        return 0
+    active = ledger.active_breakers()
+    if not active:
+        print(f"no breaker tripped ({ledger.url})")
+        return 0
+    for b in active:
+        until = b["until"].isoformat() if b["until"] else "until reset"
+        print(f"TRIPPED {b['name']} [{b['scope']}] since {b['tripped_at'].isoformat()} ({until}): {b['reason']}")
     return 0
 
 

@@ -183,7 +183,7 @@ def summarize(params: ReplayParams, inputs: ReplayInputs, ctx: ExecutionContext,
         "final_equity": float(book.cash + position * last_close),
         "max_drawdown": max_drawdown(curve["equity"].to_numpy("float64")),
         "breaches": ctx.breaches,
-        "halted": any(b["rule"] in ("max_drawdown", "max_daily_loss") for b in ctx.breaches),
+        "halted": any(b["rule"] in ("max_drawdown", "max_daily_loss", "loss_limit") for b in ctx.breaches),
         "quote_currency": book.quote_currency,
         "params": asdict(params),
     }

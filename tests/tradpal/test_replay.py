@@ -141,3 +141,30 @@ def test_replay_halts_new_risk_after_the_drawdown_limit(tmp_path):
     s = result.summary
     assert s["halted"] is True and [b["rule"] for b in s["breaches"]] == ["max_drawdown"]
     assert s["n_fills"] == 2  # the buy was refused; the reducing sell was allowed
+
+
+def test_loss_limit_breaker_trips_persists_and_is_reset_audited(tmp_path, receiver, capsys):
+    from tradpal.cli import main
+
+    url, received = receiver
+    result, ledger = _risk_replay(tmp_path, [
+        "2018-01-10T05:00:00Z,ETH/BTC,buy,9,a,s", "2018-01-10T06:00:00Z,ETH/BTC,buy,0.1,b,s",
+        "2018-01-10T06:00:00Z,ETH/BTC,sell,9,c,s"],
+        "portfolio: {max_drawdown: 0.9, max_daily_loss: 0.9, max_gross_exposure: 5}\n"
+        "breakers: {loss_limit: {threshold: 0.02}}\n", receiver_url=url)
+    s = result.summary
+    assert s["halted"] is True and "loss_limit" in [b["rule"] for b in s["breaches"]]
+    rej = ledger.frame("rejections", run_id=s["run_id"]).set_index("signal_id")
+    assert rej.loc["b", "reason"].startswith("breaker loss_limit (portfolio): equity")
+    assert "c" not in rej.index  # selling to reduce risk stays allowed
+    assert any(r["json"]["title"] == "TradPal breaker tripped: loss_limit" for r in received)
+    # the state is in the ledger: a later process sees it, and a person resets it with a reason
+    db = str(ledger.engine.url)
+    assert main(["risk", "status", "--database-url", db]) == 0
+    assert "TRIPPED loss_limit [replay:" in capsys.readouterr().out
+    assert main(["risk", "reset", "--reason", "reviewed the replay", "--database-url", db]) == 0
+    assert "reset 1 breaker(s)" in capsys.readouterr().out
+    assert ledger.active_breakers() == []
+    audit = ledger.frame("audit_log")
+    reset = audit[audit["event"] == "breaker.reset"]
+    assert reset["payload"].iloc[0] == {"reason": "reviewed the replay"}

@@ -18,14 +18,14 @@ from sqlalchemy.orm import Session
 from tradpal.ledger import frames as fr
 from tradpal.ledger import migrate as _migrate
 from tradpal.ledger.engine import BEGIN_IMMEDIATE, create_ledger_engine
-from tradpal.ledger.models import AuditLog, Base, Fill, Order, Position, Rejection, Run, Signal
+from tradpal.ledger.models import AuditLog, Base, Breaker, Fill, Order, Position, Rejection, Run, Signal
 
 __all__ = ["DEFAULT_URL", "RUN_KINDS", "RUN_STATUSES", "TABLES", "Ledger", "Provenance"]
 
 DEFAULT_URL = "sqlite:///.tradpal/ledger.db"
 RUN_KINDS = frozenset({"replay", "live", "analytics"})
 RUN_STATUSES = frozenset({"running", "completed", "failed"})
-TABLES = ("runs", "signals", "orders", "fills", "positions", "rejections", "audit_log")
+TABLES = ("runs", "signals", "orders", "fills", "positions", "rejections", "audit_log", "breakers")
 
 # Keys per IN (...) list. SQLite allows 32766 bound parameters, psycopg 65535; one SELECT
 # covers any realistic batch (a whole replay is ~5,000 keys).
@@ -39,6 +39,7 @@ _fills: Table = Fill.__table__  # type: ignore[assignment]
 _positions: Table = Position.__table__  # type: ignore[assignment]
 _rejections: Table = Rejection.__table__  # type: ignore[assignment]
 _audit: Table = AuditLog.__table__  # type: ignore[assignment]
+_breakers: Table = Breaker.__table__  # type: ignore[assignment]
 _runs: Table = Run.__table__  # type: ignore[assignment]
 
 SIGNAL_COLUMNS = (
@@ -524,6 +525,53 @@ class Ledger:
         with self._engine.connect() as conn:
             rows = conn.execute(stmt).all()
         return fr.to_frame(rows, t)
+
+    # -- circuit breakers ---------------------------------------------------------------
+
+    def trip_breaker(self, session: Session | Connection, name: str, scope: str, reason: str, *,
+                     value: float | None = None, threshold: float | None = None, until: datetime | None = None,
+                     at: datetime | None = None, prov: Provenance) -> None:
+        """Trip (or re-trip) breaker ``name`` for ``scope``; audited as ``breaker.tripped``."""
+        conn = _conn(session)
+        at = at or _now()
+        row = {"state": "tripped", "reason": reason, "value": value, "threshold": threshold, "tripped_at": at,
+               "until": until, "reset_at": None, "reset_reason": None, **prov.columns()}
+        done = conn.execute(update(_breakers).where(_breakers.c.name == name, _breakers.c.scope == scope)
+                            .values(**row)).rowcount
+        if not done:
+            conn.execute(insert(_breakers).values(name=name, scope=scope, **row))
+        self.audit(conn, "breaker.tripped", "breaker", entity_id=f"{name}:{scope}",
+                   payload={"reason": reason, "value": value, "threshold": threshold,
+                            "until": until.isoformat() if until else None}, prov=prov)
+
+    def reset_breakers(self, reason: str, *, name: str | None = None, scope: str | None = None,
+                       prov: Provenance) -> list[str]:
+        """Reset tripped breakers (all, or those matching name/scope), each audited as
+        ``breaker.reset`` with the reason. Returns the ``name:scope`` of each reset."""
+        if not reason or not reason.strip():
+            raise ValueError("reset_breakers: a reason is required (it is audited)")
+        cond = _breakers.c.state == "tripped"
+        if name:
+            cond &= _breakers.c.name == name
+        if scope:
+            cond &= _breakers.c.scope == scope
+        with self.transaction() as s:
+            conn = _conn(s)
+            rows = conn.execute(select(_breakers.c.id, _breakers.c.name, _breakers.c.scope).where(cond)).all()
+            now = _now()
+            for r in rows:
+                conn.execute(update(_breakers).where(_breakers.c.id == r.id).values(
+                    state="reset", reset_at=now, reset_reason=reason, **prov.columns()))
+            self.audit_many(conn, [{"event": "breaker.reset", "entity": "breaker", "entity_id": f"{r.name}:{r.scope}",
+                                    "payload": {"reason": reason}} for r in rows], prov=prov)
+        return [f"{r.name}:{r.scope}" for r in rows]
+
+    def active_breakers(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Tripped breakers whose cooldown has not ended at ``now`` (default: now)."""
+        now = now or _now()
+        with self.engine.connect() as conn:
+            rows = self._dicts(conn, select(_breakers).where(_breakers.c.state == "tripped").order_by(_breakers.c.id))
+        return [r for r in rows if r["until"] is None or r["until"] > now]
 
     def existing_signal_ids(self, namespace: str, signal_ids: Iterable[str]) -> set[str]:
         """The ids among ``signal_ids`` already recorded in ``namespace`` (re-deliveries)."""

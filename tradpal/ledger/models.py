@@ -39,6 +39,7 @@ __all__ = [
     "Amount",
     "AuditLog",
     "Base",
+    "Breaker",
     "Fill",
     "Order",
     "Position",
@@ -303,5 +304,28 @@ class AuditLog(Base):
     entity_id: Mapped[str | None] = mapped_column(String(128))
     payload: Mapped[Any] = mapped_column(_json(), nullable=True)
     run_id: Mapped[str | None] = mapped_column(String(36))  # no FK: the log accepts anything
+    flow_run_id: Mapped[str | None] = mapped_column(String(_ID))
+    task_run_id: Mapped[str | None] = mapped_column(String(_ID))
+
+
+class Breaker(Base):
+    """Circuit-breaker state, one row per (name, scope): survives restarts. Every trip and
+    reset is also written to the audit log with its reason."""
+
+    __tablename__ = "breakers"
+    __table_args__ = (UniqueConstraint("name", "scope"),)
+
+    id: Mapped[int] = mapped_column(_PK, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))  # volatility_halt, loss_limit, connectivity, ...
+    scope: Mapped[str] = mapped_column(String(128))  # a symbol, a broker, or "portfolio"
+    state: Mapped[str] = mapped_column(String(16))  # tripped | reset
+    reason: Mapped[str] = mapped_column(Text)
+    value: Mapped[float | None] = mapped_column(Amount())
+    threshold: Mapped[float | None] = mapped_column(Amount())
+    tripped_at: Mapped[datetime]
+    until: Mapped[datetime | None]  # cooldown end; None: until reset by a person
+    reset_at: Mapped[datetime | None]
+    reset_reason: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(String(36))
     flow_run_id: Mapped[str | None] = mapped_column(String(_ID))
     task_run_id: Mapped[str | None] = mapped_column(String(_ID))
