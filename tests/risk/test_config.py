@@ -36,3 +36,9 @@ def test_errors_name_the_key_and_what_was_expected(text, expected):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="risk config file not found"):
         load_risk_config(tmp_path / "nope.yaml")
+
+
+def test_docs_example_file_is_the_printed_example():
+    from pathlib import Path
+
+    assert (Path(__file__).resolve().parents[2] / "docs" / "risk.example.yaml").read_text() == EXAMPLE
