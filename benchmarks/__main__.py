@@ -10,6 +10,7 @@ CASES = [
     ["benchmarks.replay", "direct"],
     ["benchmarks.replay", "flow"],
     ["benchmarks.latency"],
+    ["benchmarks.analytics"],
 ]
 
 

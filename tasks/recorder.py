@@ -30,7 +30,7 @@ class LedgerRecorder:
         return self.ledger.existing_signal_ids(self.namespace, signal_ids) if signal_ids else set()
 
     def active_breakers(self, now: pd.Timestamp) -> list[dict]:
-        return self.ledger.active_breakers(now.to_pydatetime())
+        return self.ledger.active_breakers(now.floor("us").to_pydatetime())
 
     def record(self, step: str, frame: pd.DataFrame, rejected: pd.DataFrame, prov: Provenance,
                extra: dict[str, Any] | None = None) -> None:
@@ -121,8 +121,9 @@ class LedgerRecorder:
             self.ledger.record_positions(s, snapshot, prov=prov)
         for trip in extra.get("trips", []):  # breaker state is namespaced: a replay never halts live trading
             self.ledger.trip_breaker(s, trip.name, f"{self.namespace}|{trip.scope}", trip.reason, value=trip.value,
-                                     threshold=trip.threshold, at=trip.at.to_pydatetime(),
-                                     until=trip.until.to_pydatetime() if trip.until is not None else None, prov=prov)
+                                     threshold=trip.threshold, at=trip.at.floor("us").to_pydatetime(),
+                                     until=trip.until.floor("us").to_pydatetime() if trip.until is not None else None,
+                                     prov=prov)
         return None
 
 
