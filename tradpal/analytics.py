@@ -3,8 +3,14 @@ unrealised PnL and max drawdown (of equity marked at fill prices), per symbol an
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
+from tradpal.errors import InputError
 
 
 def pnl_by_fill(fills: pd.DataFrame) -> pd.DataFrame:
@@ -78,3 +84,160 @@ def report_markdown(run: dict | None, table: pd.DataFrame, rejections: pd.DataFr
         for (step, n) in rejections.groupby("step").size().items():
             lines.append(f"- {step}: {n}")
     return "\n".join(lines)
+
+
+@dataclass
+class AnalyticsInputs:
+    """What the analytics need, from the ledger or from a replay's output folder."""
+
+    label: str
+    run: dict | None = None
+    run_id: str | None = None
+    equity: pd.DataFrame | None = None
+    fills: pd.DataFrame | None = None  # ledger fills (order_pk, ...) or replay fills
+    orders: pd.DataFrame | None = None
+    signals: pd.DataFrame | None = None
+    rejections: pd.DataFrame | None = None
+    bars: dict | None = None  # symbol -> OHLCV frame
+    marks: dict | None = None
+    slippage_bps: float = 0.0
+
+    @property
+    def fill_bars(self) -> pd.DataFrame | None:
+        """The bars of a single-symbol paper run, for the price-within-bar expectation."""
+        if not self.bars or len(self.bars) != 1:
+            return None
+        return next(iter(self.bars.values()))
+
+    def equity_or_empty(self) -> pd.DataFrame:
+        if self.equity is not None:
+            return self.equity
+        return pd.DataFrame({"timestamp": pd.Series(dtype="datetime64[ns, UTC]"), "cash": [], "position_value": [],
+                             "equity": []})
+
+    def named_fills(self) -> pd.DataFrame:
+        """Fills with their strategy and symbol (for the per-strategy table)."""
+        f = self.fills if self.fills is not None else pd.DataFrame(
+            columns=["id", "timestamp", "symbol", "side", "quantity", "price", "fee", "strategy"])
+        if "strategy" not in f and self.orders is not None and "strategy" in self.orders:
+            f = f.merge(self.orders[["id", "strategy"]].rename(columns={"id": "order_pk"}), on="order_pk", how="left")
+        if "id" not in f:
+            f = f.assign(id=np.arange(len(f)))
+        return f.assign(strategy=f["strategy"].fillna("unknown")) if "strategy" in f else f.assign(strategy="unknown")
+
+    def report_fills(self) -> pd.DataFrame:
+        f = self.named_fills()
+        return f[[c for c in ("timestamp", "side", "quantity", "price", "fee", "symbol", "strategy") if c in f]]
+
+    def orders_or_empty(self) -> pd.DataFrame:
+        return self.orders if self.orders is not None else pd.DataFrame(columns=["strategy", "symbol"])
+
+    def rejections_or_empty(self) -> pd.DataFrame:
+        return self.rejections if self.rejections is not None else pd.DataFrame(columns=["step", "reason"])
+
+
+def inputs_from_ledger(ledger, *, run_id: str | None = None, since: str | None = None) -> AnalyticsInputs:
+    """One run (default: the latest) or every run started since ``since`` (ISO date)."""
+    runs = ledger.frame("runs")
+    if since is not None:
+        try:
+            start = pd.Timestamp(since, tz="UTC") if pd.Timestamp(since).tzinfo is None else pd.Timestamp(since)
+        except ValueError:
+            raise InputError(f"--since: not a date: {since!r}") from None
+        ids = runs.loc[runs["started_at"] >= start, "id"].tolist()
+        label = f"runs since {start.date()} ({len(ids)})"
+    else:
+        if run_id is None and len(runs):
+            run_id = str(runs["id"].iloc[-1])
+        if run_id is not None and ledger.get_run(run_id) is None:
+            raise InputError(f"--run: no run {run_id!r} in ledger {ledger.url}")
+        ids = [run_id] if run_id else []
+        label = f"run {run_id}" if run_id else "empty ledger"
+
+    def rows(table: str) -> pd.DataFrame:
+        frames = [ledger.frame(table, run_id=i) for i in ids]
+        return pd.concat(frames, ignore_index=True) if frames else ledger.frame(table, run_id="-none-")
+
+    signals = rows("signals")
+    orders = rows("orders").merge(signals[["id", "strategy"]].rename(columns={"id": "signal_pk"}), on="signal_pk",
+                                  how="left")
+    run = ledger.get_run(ids[0]) if len(ids) == 1 else None
+    data = AnalyticsInputs(label=label, run=run, run_id=ids[0] if len(ids) == 1 else None, fills=rows("fills"),
+                           orders=orders, signals=signals, rejections=rows("rejections"))
+    if run is not None:
+        _attach_replay_outputs(data, run)
+    return data
+
+
+def _attach_replay_outputs(data: AnalyticsInputs, run: dict) -> None:
+    """A replay run's equity curve (its equity.csv) and bars (its OHLCV file), when still on disk."""
+    from tradpal.io import load_ohlcv
+
+    params = run.get("params") or {}
+    outputs = (run.get("summary") or {}).get("outputs") or []
+    equity_csv = next((Path(o) for o in outputs if str(o).endswith("equity.csv")), None)
+    if equity_csv is not None and equity_csv.exists():
+        data.equity = pd.read_csv(equity_csv, parse_dates=["timestamp"])
+    ohlcv, symbol = params.get("ohlcv"), params.get("symbol")
+    if ohlcv and symbol and Path(ohlcv).exists():
+        data.bars = {symbol: load_ohlcv(ohlcv)}
+    data.slippage_bps = float(params.get("slippage_bps") or 0.0)
+
+
+def inputs_from_replay(directory: str) -> AnalyticsInputs:
+    d = Path(directory)
+    for name in ("equity.csv", "fills.csv"):
+        if not (d / name).is_file():
+            raise InputError(f"--from-replay: {d / name} not found (expected a `tradpal replay --out` folder)")
+    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+    symbol = str(summary.get("symbol") or "unknown")
+    equity = pd.read_csv(d / "equity.csv", parse_dates=["timestamp"])
+    fills = pd.read_csv(d / "fills.csv", dtype={"signal_id": str}, parse_dates=["timestamp"]).assign(
+        symbol=symbol, strategy="replay")
+    held = float((np.where(fills["side"] == "buy", 1.0, -1.0) * fills["quantity"]).sum()) if len(fills) else 0.0
+    marks = None
+    if abs(held) > 1e-12 and len(equity):
+        marks = {symbol: float(equity["position_value"].iloc[-1]) / held}
+    return AnalyticsInputs(label=f"replay {d}", equity=equity, fills=fills, marks=marks)
+
+
+def summary_markdown(metrics: dict, quality, outputs: list[str]) -> str:
+    keys = ["sharpe", "sortino", "calmar", "max_drawdown", "max_drawdown_days", "var_95", "cvar_95", "var_99",
+            "cvar_99", "fill_rate", "slippage_ref_bps_mean", "realized_pnl", "unrealized_pnl", "total_fees",
+            "success_rate", "exposure_mean"]
+    lines = ["## Metrics", "", "| metric | value |", "|---|---|"]
+    for k in keys:
+        v = metrics.get(k)
+        lines.append(f"| {k} | {'—' if v is None else (f'{v:.6g}' if isinstance(v, float) else v)} |")
+    if quality is not None:
+        lines += ["", quality.to_markdown()]
+    if outputs:
+        lines += ["", "Outputs: " + ", ".join(f"`{o}`" for o in outputs)]
+    return "\n".join(lines)
+
+
+def chart_tables(metrics: dict, table: pd.DataFrame) -> dict[str, list[dict]]:
+    """The charts' data as table artifacts (key -> rows)."""
+    out: dict[str, list[dict]] = {}
+    for key in ("pnl_by_strategy", "pnl_by_asset", "pnl_by_day"):
+        rows = metrics.get(key)
+        if isinstance(rows, list) and rows:
+            out[key.replace("_", "-")] = rows[:500]
+    latency = [{"latency": k, "seconds": v} for k, v in metrics.items() if k.startswith("latency_") and v is not None]
+    if latency:
+        out["latency-percentiles"] = latency
+    if len(table):
+        out["post-trade-breakdown"] = table.to_dict("records")
+    return out
+
+
+def alert_quality_failure(quality, label: str, flow_run_id: str | None) -> None:
+    """The executions gate failed: alert every configured channel (never raises)."""
+    from risk.alerts import alerter_from_env
+
+    alerter = alerter_from_env()
+    if alerter is not None:
+        first = quality.failed[0]["description"] if quality.failed else "see the summary"
+        alerter.notify(f"quality:{quality.suite}", f"TradPal data-quality gate failed: {quality.suite}",
+                       f"{label}: {first}. {quality.summary.splitlines()[0]} Flow run {flow_run_id}.",
+                       level="failure")

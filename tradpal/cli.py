@@ -53,8 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=".tradpal/demo", help="output directory (default .tradpal/demo)")
     _common(d)
 
-    a = sub.add_parser("analytics", help="post-trade analytics over the ledger")
-    a.add_argument("--run", dest="run_id", help="a run id (default: the latest run)")
+    a = sub.add_parser("analytics", help="post-trade metrics, report and data-quality gate")
+    which = a.add_mutually_exclusive_group()
+    which.add_argument("--run", dest="run_id", help="a run id (default: the latest run)")
+    which.add_argument("--since", help="every run started since this date (ISO, UTC)")
+    which.add_argument("--from-replay", help="a `tradpal replay --out` folder instead of the ledger")
+    a.add_argument("--out", help="write metrics.json, report.html and Data Docs here")
     a.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
 
     rk = sub.add_parser("risk", help="risk configuration: print an example, or check a file")
@@ -155,8 +159,23 @@ def cmd_demo(args) -> int:
     args.ohlcv, args.signals, args.symbol, args.cash = str(ohlcv), str(signals_path), "ETH/BTC", 1.0
     args.fee_rate, args.slippage_bps = 0.001, 5.0
     code = cmd_replay(args)
+    if code == 0:
+        from flows.post_trade_analytics import post_trade_analytics
+
+        report = _run_flow(post_trade_analytics, run_id=None, out=str(out / "analytics"),
+                           database_url=args.database_url)
+        m = report["metrics"]
+        print(f"analytics: Sharpe {_fmt(m.get('sharpe'))}, Sortino {_fmt(m.get('sortino'))}, "
+              f"VaR95 {_fmt(m.get('var_95'))}, executions quality gate "
+              f"{'passed' if report['quality'] else 'FAILED'}")
+        for path in report["outputs"]:
+            print(f"output:      {path}")
     print(f"demo finished in {time.perf_counter() - t0:.1f} s")
     return code
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def _print_summary(summary: dict) -> None:
@@ -184,10 +203,16 @@ def cmd_analytics(args) -> int:
     _prepare_prefect()
     from flows.post_trade_analytics import post_trade_analytics
 
-    report = _run_flow(post_trade_analytics, run_id=args.run_id, database_url=args.database_url)
-    from rich.console import Console
+    from tradpal.quality import QualityGateError
 
-    Console().print(report["markdown"])
+    try:
+        report = _run_flow(post_trade_analytics, run_id=args.run_id, since=args.since, from_replay=args.from_replay,
+                           out=args.out, database_url=args.database_url)
+    except QualityGateError as exc:
+        print(exc.result.summary)
+        print(f"tradpal: {exc}", file=sys.stderr)
+        return 1
+    print(report["markdown"])
     return 0
 
 
