@@ -39,14 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     r = sub.add_parser("replay", help="paper-replay a signals file over OHLCV bars")
-    r.add_argument("--ohlcv", required=True, help="OHLCV CSV/Parquet: timestamp,open,high,low,close,volume")
+    r.add_argument("--ohlcv", required=True, action="append", metavar="FILE|SYMBOL=FILE",
+                   help="OHLCV CSV/Parquet: timestamp,open,high,low,close,volume; FILE with --symbol, or "
+                        "SYMBOL=FILE once per symbol (several symbols share one cash account)")
     r.add_argument("--signals", required=True, help="signals CSV/Parquet: timestamp,symbol,side,quantity[,...]")
-    r.add_argument("--symbol", required=True, help="the symbol of the OHLCV file, e.g. BTC/USDT")
+    r.add_argument("--symbol", help="the symbol of a single --ohlcv FILE, e.g. BTC/USDT")
     r.add_argument("--cash", type=_number(float), default=10_000.0, help="starting cash in the quote currency")
-    r.add_argument("--fee-rate", type=_number(float), default=0.001, help="fee as a fraction of notional")
-    r.add_argument("--slippage-bps", type=_number(float), default=0.0, help="slippage against the trader, bps")
+    r.add_argument("--fee-rate", type=_number(float), default=None,
+                   help="maker and taker fee as a fraction of notional (default 0.001, or the --venue's); "
+                        "wins over --venue")
+    r.add_argument("--slippage-bps", type=_number(float), default=0.0,
+                   help="slippage against the trader, bps (--slippage-model fixed)")
     r.add_argument("--out", required=True, help="directory for fills.csv, equity.csv and summary.json")
     r.add_argument("--risk-config", help="risk YAML (limits, sizing, alerts); see `tradpal risk example`")
+    _simulator(r)
     _common(r)
 
     d = sub.add_parser("demo", help="replay an SMA crossover over real ETH/BTC candles and print a summary")
@@ -58,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--run", dest="run_id", help="a run id (default: the latest run)")
     which.add_argument("--since", help="every run started since this date (ISO, UTC)")
     which.add_argument("--from-replay", help="a `tradpal replay --out` folder instead of the ledger")
-    a.add_argument("--out", help="write metrics.json, report.html and Data Docs here")
+    which.add_argument("--shadow", metavar="RUN_ID", help="replay a live run through the simulator, fill by fill")
+    a.add_argument("--ohlcv", action="append", default=[], metavar="SYMBOL=FILE",
+                   help="--shadow: the market data of the live session (repeatable)")
+    a.add_argument("--fee-rate", type=_number(float), default=0.001, help="--shadow: simulator fee rate")
+    a.add_argument("--slippage-bps", type=_number(float), default=0.0, help="--shadow: simulator slippage")
+    a.add_argument("--out", help="write metrics.json, report.html and Data Docs here (shadow.csv with --shadow)")
     a.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
 
     rk = sub.add_parser("risk", help="risk configuration: print an example, or check a file")
@@ -82,6 +93,63 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--quote", default="USDT", help="quote currency of the paper account")
     _common(lv, chunks=False)
     return p
+
+
+def _simulator(r: argparse.ArgumentParser) -> None:
+    """The paper simulator's options (defaults: the basic next-open contract)."""
+    r.add_argument("--fill-model", default="next-open", metavar="{next-open,close,vwap-bar}",
+                   help="market orders: open of the next bar (default), close of the bar containing the "
+                        "signal, or typical price (h+l+c)/3 of the next bar")
+    r.add_argument("--slippage-model", default="fixed", metavar="{fixed,volatility,sqrt-impact}",
+                   help="fixed --slippage-bps (default); volatility: k x (high-low)/open; sqrt-impact: "
+                        "k x (high-low)/open x sqrt(qty / bar volume). Not fixed = the advanced model: "
+                        "participation cap on, limits fill only through their price")
+    r.add_argument("--impact-k", type=_number(float), default=None,
+                   help="k of the slippage model (default 0.1 volatility, 1.0 sqrt-impact)")
+    r.add_argument("--participation", type=_number(float), default=None,
+                   help="max share of a bar's volume filled, in (0, 1] (default 0.1 with the advanced "
+                        "model, else unlimited)")
+    r.add_argument("--latency-ms", type=_number(float), default=0.0,
+                   help="an order placed at t is eligible at t + latency (default 0)")
+    r.add_argument("--venue", default=None, help="fee schedule: binance, kraken, bybit, kucoin, okx (base-tier "
+                                                 "spot maker/taker) or custom:MAKER:TAKER")
+    r.add_argument("--seed", type=_number(int), default=None,
+                   help="seed of random components (every model is deterministic: recorded only)")
+
+
+def _replay_params(args):
+    """ReplayParams from the replay arguments (the demo sets only the basic ones)."""
+    from tradpal.replay import ReplayParams
+
+    ohlcv, symbol, markets = _markets(args.ohlcv, args.symbol)
+    venue = getattr(args, "venue", None)
+    fee_rate = args.fee_rate if args.fee_rate is not None or venue else 0.001
+    return ReplayParams(ohlcv, args.signals, symbol, args.cash, fee_rate, args.slippage_bps, args.out,
+                        args.chunk_signals, getattr(args, "risk_config", None),
+                        fill_model=getattr(args, "fill_model", "next-open"),
+                        slippage_model=getattr(args, "slippage_model", "fixed"),
+                        impact_k=getattr(args, "impact_k", None), participation=getattr(args, "participation", None),
+                        latency_ms=getattr(args, "latency_ms", 0.0), venue=venue, seed=getattr(args, "seed", None),
+                        markets=markets)
+
+
+def _markets(ohlcv, symbol: str | None) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """(ohlcv, symbol, markets) from --ohlcv (FILE, or SYMBOL=FILE repeated) and --symbol."""
+    values = [ohlcv] if isinstance(ohlcv, str) else list(ohlcv)
+    if symbol is not None:
+        if len(values) != 1:
+            raise InputError("--symbol: names the symbol of a single --ohlcv FILE; for several symbols give "
+                             "--ohlcv SYMBOL=FILE for each, without --symbol")
+        return values[0], symbol, ()
+    pairs = []
+    for value in values:
+        sym, eq, path = value.partition("=")
+        if not eq or not sym.strip() or not path.strip():
+            raise InputError(f"--ohlcv: expected SYMBOL=FILE (or a FILE with --symbol), got {value!r}")
+        pairs.append((sym.strip().upper(), path.strip()))
+    if len(pairs) == 1:
+        return pairs[0][1], pairs[0][0], ()
+    return "", "", tuple(pairs)
 
 
 def _common(p: argparse.ArgumentParser, chunks: bool = True) -> None:
@@ -123,19 +191,18 @@ def _with_progress(quiet: bool, fn):
 
 
 def cmd_replay(args) -> int:
-    from tradpal.replay import ReplayParams, load_inputs
+    from dataclasses import fields
 
-    risk_config = getattr(args, "risk_config", None)
-    params = ReplayParams(args.ohlcv, args.signals, args.symbol, args.cash, args.fee_rate, args.slippage_bps,
-                          args.out, args.chunk_signals, risk_config)
+    from tradpal.replay import load_inputs
+
+    params = _replay_params(args)
     load_inputs(params)  # every input problem surfaces here, before any run starts
     _prepare_prefect()
     from flows.paper_replay import paper_replay
 
-    summary = _with_progress(args.quiet, lambda: _run_flow(
-        paper_replay, ohlcv=args.ohlcv, signals=args.signals, symbol=args.symbol, cash=args.cash,
-        fee_rate=args.fee_rate, slippage_bps=args.slippage_bps, out=args.out, database_url=args.database_url,
-        chunk_signals=args.chunk_signals, risk_config=risk_config))
+    kwargs = {f.name: getattr(params, f.name) for f in fields(params)}
+    kwargs["markets"] = dict(params.markets) or None
+    summary = _with_progress(args.quiet, lambda: _run_flow(paper_replay, database_url=args.database_url, **kwargs))
     _print_summary(summary)
     return 0
 
@@ -199,7 +266,36 @@ def _print_summary(summary: dict) -> None:
         console.print(f"output:      {path}")
 
 
+def cmd_shadow(args) -> int:
+    import json
+
+    from tradpal.config import load_settings
+    from tradpal.io import load_ohlcv
+    from tradpal.ledger import Ledger
+    from tradpal.shadow import compare, live_fills, simulate
+
+    bars = {}
+    for item in args.ohlcv:
+        sym, sep, path = item.partition("=")
+        if not sep:
+            raise InputError(f"--ohlcv: expected SYMBOL=FILE, got {item!r}")
+        bars[sym.strip().upper()] = load_ohlcv(path)
+    ledger = Ledger(args.database_url or load_settings().ledger_url())
+    signals, live = live_fills(ledger, args.shadow)
+    sim = simulate(signals, bars, fee_rate=args.fee_rate, slippage_bps=args.slippage_bps)
+    frame, totals = compare(signals, live, sim)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out / "shadow.csv", index=False)
+        (out / "shadow.json").write_text(json.dumps(totals, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(totals, indent=2, sort_keys=True))
+    return 0
+
+
 def cmd_analytics(args) -> int:
+    if args.shadow:
+        return cmd_shadow(args)
     _prepare_prefect()
     from flows.post_trade_analytics import post_trade_analytics
 
