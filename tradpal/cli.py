@@ -298,7 +298,6 @@ def cmd_analytics(args) -> int:
         return cmd_shadow(args)
     _prepare_prefect()
     from flows.post_trade_analytics import post_trade_analytics
-
     from tradpal.quality import QualityGateError
 
     try:
