@@ -31,9 +31,16 @@ class PortfolioLimits(_Strict):
 
 
 class SizingRule(_Strict):
-    method: Literal["signal", "fixed", "fixed_fractional"] = "signal"
+    method: Literal["signal", "fixed", "fixed_fractional", "atr", "kelly"] = "signal"
     quantity: float | None = Field(None, gt=0)
     fraction: Fraction | None = Field(None, gt=0, le=1)
+    risk_fraction: Fraction | None = Field(None, gt=0, le=1, description="atr: equity at risk per trade")
+    atr_multiple: float = Field(2.0, gt=0)
+    atr_period: int = Field(14, ge=1)
+    kelly_multiplier: float = Field(0.5, gt=0, le=1, description="kelly: fraction of full Kelly")
+    kelly_cap: Fraction = Field(0.25, gt=0, le=1, description="kelly: at most this fraction of equity")
+    min_trades: int = Field(20, ge=1, description="kelly: round trips needed before it applies")
+    fallback_fraction: Fraction | None = Field(None, gt=0, le=1, description="kelly: fixed fraction until then")
 
     @model_validator(mode="after")
     def _params(self) -> SizingRule:
@@ -41,6 +48,8 @@ class SizingRule(_Strict):
             raise ValueError("method 'fixed' needs quantity")
         if self.method == "fixed_fractional" and self.fraction is None:
             raise ValueError("method 'fixed_fractional' needs fraction")
+        if self.method == "atr" and self.risk_fraction is None:
+            raise ValueError("method 'atr' needs risk_fraction")
         return self
 
 
@@ -145,6 +154,17 @@ sizing:
     sma-crossover:
       method: fixed_fractional
       fraction: 0.02        # 2% of equity per trade
+    breakout:
+      method: atr           # equity x risk_fraction / (atr_multiple x ATR(atr_period))
+      risk_fraction: 0.01
+      atr_multiple: 2.0
+      atr_period: 14
+    mean-reversion:
+      method: kelly         # kelly_multiplier x (W - (1 - W) / R) from recorded round trips, capped
+      kelly_multiplier: 0.5
+      kelly_cap: 0.2
+      min_trades: 30        # until then: fallback_fraction
+      fallback_fraction: 0.01
 
 assets:
   BTC/USDT:

@@ -17,23 +17,37 @@ import pandas as pd
 from brokers.base import BaseBroker
 from brokers.base.clock import SimulatedClock, WallClock
 
+SIZING_METHODS = ("signal", "fixed", "fixed_fractional", "atr", "kelly")
+
 
 @dataclass(frozen=True)
 class SizingConfig:
-    """Step 2. ``method``: ``signal`` (the signal's quantity), ``fixed`` (``quantity``
-    for every signal) or ``fixed_fractional`` (``fraction`` of equity per trade)."""
+    """Step 2 (`risk.sizing`). ``method``: ``signal`` (the signal's quantity), ``fixed``
+    (``quantity``), ``fixed_fractional`` (``fraction`` of equity), ``atr`` (equity x
+    ``risk_fraction`` / (``atr_multiple`` x ATR over ``atr_period`` bars)), ``kelly``
+    (``kelly_multiplier`` x the Kelly fraction from the strategy's recorded round trips,
+    capped at ``kelly_cap``; ``fallback_fraction`` until ``min_trades`` trips exist)."""
 
     method: str = "signal"
     quantity: float | None = None
     fraction: float | None = None
+    risk_fraction: float | None = None
+    atr_multiple: float = 2.0
+    atr_period: int = 14
+    kelly_multiplier: float = 0.5
+    kelly_cap: float = 0.25
+    min_trades: int = 20
+    fallback_fraction: float | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in ("signal", "fixed", "fixed_fractional"):
-            raise ValueError(f"sizing.method: expected signal, fixed or fixed_fractional, got {self.method!r}")
+        if self.method not in SIZING_METHODS:
+            raise ValueError(f"sizing.method: expected one of {', '.join(SIZING_METHODS)}, got {self.method!r}")
         if self.method == "fixed" and not (self.quantity or 0) > 0:
             raise ValueError("sizing.quantity: must be > 0 for method 'fixed'")
         if self.method == "fixed_fractional" and not 0 < (self.fraction or 0) <= 1:
             raise ValueError("sizing.fraction: must be in (0, 1] for method 'fixed_fractional'")
+        if self.method == "atr" and not 0 < (self.risk_fraction or 0) <= 1:
+            raise ValueError("sizing.risk_fraction: must be in (0, 1] for method 'atr'")
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,7 @@ class MarketData:
         self.bars: dict[str, pd.DataFrame] = {}
         self._ts: dict[str, np.ndarray] = {}
         self._close: dict[str, np.ndarray] = {}
+        self._atr: dict[tuple[str, int], np.ndarray] = {}
         for symbol, frame in (bars or {}).items():
             self.add(symbol, frame)
 
@@ -91,6 +106,20 @@ class MarketData:
 
     def closes(self, symbol: str) -> np.ndarray:
         return self._close[symbol]
+
+    def atr_at(self, symbol: str, ts_ns: np.ndarray, period: int) -> np.ndarray:
+        """Average true range over ``period`` bars ending at the last bar at or before each time."""
+        from risk.sizing import average_true_range
+
+        if symbol not in self._ts:
+            return np.full(len(ts_ns), np.nan)
+        key = (symbol, period)
+        if key not in self._atr:
+            bars = self.bars[symbol]
+            self._atr[key] = average_true_range(bars["high"].to_numpy("float64"), bars["low"].to_numpy("float64"),
+                                                bars["close"].to_numpy("float64"), period)
+        idx = np.searchsorted(self._ts[symbol], ts_ns, side="right") - 1
+        return np.where(idx >= 0, self._atr[key][np.clip(idx, 0, None)], np.nan)
 
     def last_close_at(self, symbol: str, ts_ns: np.ndarray) -> np.ndarray:
         """Close of the last bar that opened at or before each time (NaN before the first bar)."""

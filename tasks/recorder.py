@@ -4,10 +4,12 @@ rejection is written with its step and reason."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
 
+from risk.sizing import TradeHistory
 from tradpal.ledger import Ledger, Provenance
 
 
@@ -31,6 +33,21 @@ class LedgerRecorder:
 
     def active_breakers(self, now: pd.Timestamp) -> list[dict]:
         return self.ledger.active_breakers(now.floor("us").to_pydatetime())
+
+    def trade_history(self, strategy: str) -> TradeHistory:
+        """The strategy's completed round trips in this namespace (Kelly sizing)."""
+        from tradpal.metrics import book_fills, prepare_fills, round_trips
+
+        signals = self.ledger.frame("signals")
+        signals = signals[(signals["namespace"] == self.namespace) & (signals["strategy"] == strategy)]
+        orders = self.ledger.frame("orders")
+        orders = orders[orders["signal_pk"].isin(signals["id"])]
+        fills = self.ledger.frame("fills")
+        fills = fills[fills["order_pk"].isin(orders["id"])]
+        if fills.empty:
+            return TradeHistory(0, 0.0, 0.0)
+        trips = round_trips(book_fills(prepare_fills(fills, orders, signals)))
+        return TradeHistory.from_pnl(trips.loc[trips["complete"], "net_pnl"].to_numpy("float64"))
 
     def record(self, step: str, frame: pd.DataFrame, rejected: pd.DataFrame, prov: Provenance,
                extra: dict[str, Any] | None = None) -> None:
@@ -88,6 +105,13 @@ class LedgerRecorder:
     def _intake(self, s, frame, prov, extra) -> list[dict] | None:
         self.ledger.record_signals(s, frame, namespace=self.namespace, prov=prov)
 
+    def _sizing(self, s, frame, prov, extra) -> list[dict] | None:
+        """Each sized signal's method and inputs, in the audit log."""
+        return [{"event": "signal.sized", "entity": "signal", "entity_id": sid,
+                 "payload": {"quantity": q, "method": m, "inputs": json.loads(d)}}
+                for sid, q, m, d in zip(frame["signal_id"], frame["quantity"], frame["sizing_method"],
+                                        frame["sizing_detail"], strict=True)]
+
     def _order_creation(self, s, frame, prov, extra) -> list[dict] | None:
         self.ledger.record_orders(s, frame, namespace=self.namespace, venue=self.venue, prov=prov)
 
@@ -135,6 +159,9 @@ class NullRecorder:
 
     def active_breakers(self, now: pd.Timestamp) -> list[dict]:
         return []
+
+    def trade_history(self, strategy: str) -> TradeHistory:
+        return TradeHistory(0, 0.0, 0.0)
 
     def record(self, *args: Any, **kwargs: Any) -> None:
         return None

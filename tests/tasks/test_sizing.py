@@ -84,7 +84,8 @@ def test_an_empty_batch_stays_empty() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"method": "kelly"}, "sizing.method: expected signal, fixed or fixed_fractional, got 'kelly'"),
+        ({"method": "martingale"}, "sizing.method: expected one of signal, fixed, fixed_fractional, atr, kelly, got 'martingale'"),
+        ({"method": "atr"}, "sizing.risk_fraction: must be in (0, 1] for method 'atr'"),
         ({"method": "fixed"}, "sizing.quantity: must be > 0 for method 'fixed'"),
         ({"method": "fixed", "quantity": 0.0}, "sizing.quantity: must be > 0 for method 'fixed'"),
         ({"method": "fixed", "quantity": -1.0}, "sizing.quantity: must be > 0 for method 'fixed'"),

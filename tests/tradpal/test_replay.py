@@ -168,3 +168,18 @@ def test_loss_limit_breaker_trips_persists_and_is_reset_audited(tmp_path, receiv
     audit = ledger.frame("audit_log")
     reset = audit[audit["event"] == "breaker.reset"]
     assert reset["payload"].iloc[0] == {"reason": "reviewed the replay"}
+
+
+def test_kelly_sizing_uses_the_recorded_round_trips(tmp_path):
+    rows = []
+    for i, (buy, sell) in enumerate([("05:00", "05:30"), ("06:00", "06:30"), ("07:00", "07:30")]):
+        rows += [f"2018-01-10T{buy}:00Z,ETH/BTC,buy,1,b{i},k", f"2018-01-10T{sell}:00Z,ETH/BTC,sell,1,s{i},k"]
+    result, ledger = _risk_replay(tmp_path, rows,
+        "portfolio: {max_drawdown: 0.9, max_daily_loss: 0.9, max_gross_exposure: 5}\n"
+        "sizing: {default: {method: signal}, strategies: {k: {method: kelly, min_trades: 2, fallback_fraction: 0.05,"
+        " kelly_cap: 0.3}}}\n")
+    audit = ledger.frame("audit_log", run_id=result.summary["run_id"])
+    sized = audit[audit["event"] == "signal.sized"].set_index("entity_id")["payload"]
+    assert sized["b0"]["inputs"]["fallback_fraction"] == 0.05 and sized["b0"]["inputs"]["trades"] == 0
+    assert sized["b2"]["inputs"]["trades"] == 2 and "kelly" in sized["b2"]["inputs"]
+    assert all(p["method"] == "kelly" for p in sized)
