@@ -1,0 +1,17 @@
+"""The ccxt adapter: ``CcxtBroker`` for every venue ccxt speaks, venue differences as
+data (``profiles``), ccxt's errors mapped once (``errors``). Nothing outside this
+package imports ccxt."""
+
+from brokers.ccxt.broker import CcxtBroker, rebase_api_urls
+from brokers.ccxt.errors import DuplicateClientOrderIdError, VenueAuthenticationError
+from brokers.ccxt.profiles import PROFILES, VenueProfile, profile_for
+
+__all__ = [
+    "PROFILES",
+    "CcxtBroker",
+    "DuplicateClientOrderIdError",
+    "VenueAuthenticationError",
+    "VenueProfile",
+    "profile_for",
+    "rebase_api_urls",
+]

@@ -1,0 +1,410 @@
+"""The ccxt adapter: one ``BaseBroker`` for every venue ccxt speaks, driven by a venue
+profile (``profiles.py``) and with ccxt's errors mapped once (``errors.py``).
+
+    broker = CcxtBroker("binance", api_key=..., secret=...)              # the venue
+    broker = CcxtBroker("binance", api_key=..., secret=..., base_url=url)  # the emulator
+    async with broker:
+        result = await broker.place_order(order)
+
+* ``connect`` builds ``ccxt.async_support.<exchange_id>`` (rate limiter on) and loads
+  the markets; quantities and prices are rounded with the market's precision
+  (``amount_to_precision`` / ``price_to_precision``) before they are sent.
+* Our client order id travels in the venue's own parameter (Binance ``newClientOrderId``)
+  and ``get_order_by_client_id`` finds it again (Binance ``origClientOrderId``), None if
+  the venue never saw it. A placement the venue refuses as a duplicate client id is
+  reconciled: the existing order is returned, nothing is placed twice.
+* Statuses: ccxt ``open`` -> NEW, or PARTIALLY_FILLED once something filled; ``closed`` ->
+  FILLED; ``canceled`` / ``rejected`` / ``expired`` -> CANCELED / REJECTED / EXPIRED.
+  Fills (with the venue's trade ids) come from the order answer when it carries them
+  (Binance FULL answers), else from the order's trades.
+* A spot venue knows balances, not positions: ``get_positions`` reports each held base
+  currency that trades against the quote currency, valued at the last price (the cost
+  basis lives in our ledger, so ``average_price`` is that last price too).
+* Credentials never leave this object in text: error messages, ``repr`` and ccxt's own
+  debug log lines (routed through a redacting logger) blank them out.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import ccxt.async_support as ccxt_async
+
+from brokers.base.errors import BrokerError, InvalidOrderError, OrderNotFoundError
+from brokers.base.protocol import BaseBroker
+from brokers.base.types import (
+    AccountInfo,
+    Fill,
+    Order,
+    OrderResult,
+    OrderStatus,
+    OrderType,
+    Position,
+    Side,
+)
+from brokers.ccxt.errors import DuplicateClientOrderIdError, mapped_errors, redact
+from brokers.ccxt.profiles import VenueProfile, profile_for
+
+log = logging.getLogger("brokers.ccxt")
+wire_log = logging.getLogger("brokers.ccxt.wire")
+
+# our order type -> (ccxt order type, whether the venue takes a time in force)
+ORDER_TYPES: Mapping[OrderType, tuple[str, bool]] = {
+    OrderType.MARKET: ("market", False),
+    OrderType.LIMIT: ("limit", True),
+    OrderType.STOP: ("market", False),  # with triggerPrice: Binance STOP_LOSS
+    OrderType.STOP_LIMIT: ("limit", True),  # with triggerPrice: Binance STOP_LOSS_LIMIT
+}
+
+# ccxt's unified order status -> ours (None: open, NEW or PARTIALLY_FILLED by what filled)
+STATUSES: Mapping[str, OrderStatus | None] = {
+    "open": None,
+    "canceling": None,
+    "closed": OrderStatus.FILLED,
+    "canceled": OrderStatus.CANCELED,
+    "rejected": OrderStatus.REJECTED,
+    "expired": OrderStatus.EXPIRED,
+}
+
+REASONS: Mapping[OrderStatus, str] = {
+    OrderStatus.CANCELED: "canceled at the venue",
+    OrderStatus.REJECTED: "rejected by the venue",
+    OrderStatus.EXPIRED: "expired at the venue (time in force, or a market order without liquidity)",
+}
+
+
+def rebase_api_urls(api: Any, base_url: str) -> Any:
+    """ccxt's ``urls['api']`` (a URL or a nested dict of them) with every URL's scheme
+    and host replaced by ``base_url``'s, paths kept: ``https://api.binance.com/api/v3``
+    becomes ``http://127.0.0.1:8000/api/v3``."""
+    if isinstance(api, str):
+        url, base = urlsplit(api), urlsplit(base_url)
+        return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + url.path, url.query, url.fragment))
+    if isinstance(api, Mapping):
+        return {key: rebase_api_urls(value, base_url) for key, value in api.items()}
+    return api
+
+
+def describe(order: Order) -> str:
+    """How messages name an order: side, quantity, symbol, type, price, client id."""
+    price = f" @ {order.price!r}" if order.price is not None else ""
+    stop = f" stop {order.stop_price!r}" if order.stop_price is not None else ""
+    return (
+        f"{order.side.value} {order.quantity!r} {order.symbol} {order.order_type.value} "
+        f"{order.time_in_force.value}{price}{stop}, order {order.client_order_id}"
+    )
+
+
+def _when(ms: Any) -> datetime | None:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if isinstance(ms, int | float) else None
+
+
+class _RedactingLogger(logging.LoggerAdapter):
+    """ccxt's ``logger``: its request / response debug lines (headers carry the API key)
+    go to ``brokers.ccxt.wire`` with the credentials blanked out."""
+
+    def __init__(self, logger: logging.Logger, secrets: Sequence[str | None]) -> None:
+        super().__init__(logger, {})
+        self._secrets = tuple(secrets)
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if self.isEnabledFor(level):
+            text = str(msg) % args if args else str(msg)
+            self.logger.log(level, "%s", redact(text, self._secrets), **kwargs)
+
+
+class CcxtBroker(BaseBroker):
+    """A venue through ccxt (``ccxt.async_support``); see the module docstring."""
+
+    def __init__(
+        self,
+        exchange_id: str = "binance",
+        *,
+        api_key: str,
+        secret: str,
+        market_type: str = "spot",
+        base_url: str | None = None,
+        sandbox: bool = False,
+        name: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        password: str | None = None,
+        quote_currency: str | None = None,
+        timeout_ms: int = 10_000,
+    ) -> None:
+        self.profile: VenueProfile = profile_for(exchange_id)
+        if market_type not in self.profile.market_types:
+            raise ValueError(
+                f"{exchange_id}: market type {market_type!r} not supported here "
+                f"(supported: {', '.join(sorted(self.profile.market_types))})"
+            )
+        self.exchange_id = exchange_id
+        self.market_type = market_type
+        self.base_url = base_url
+        self.sandbox = sandbox
+        self.name = name or exchange_id
+        self.quote_currency = quote_currency or self.profile.quote_currency
+        self.timeout_ms = timeout_ms
+        self._options = options or {}
+        self._api_key = api_key
+        self._secret = secret
+        self._password = password
+        self._exchange: Any = None
+
+    def __repr__(self) -> str:
+        where = f", base_url={self.base_url!r}" if self.base_url else ""
+        return f"CcxtBroker({self.exchange_id!r}, name={self.name!r}, market_type={self.market_type!r}{where})"
+
+    @property
+    def exchange(self) -> Any:
+        """The connected ccxt exchange (``BrokerError`` before ``connect``)."""
+        if self._exchange is None:
+            raise BrokerError(f"{self.name}: not connected; call connect() (or use 'async with') first")
+        return self._exchange
+
+    def _guard(self, action: str) -> AbstractContextManager[None]:
+        return mapped_errors(
+            f"{action} at {self.name}",
+            secrets=(self._api_key, self._secret, self._password),
+            is_duplicate=self.profile.is_duplicate,
+        )
+
+    def _build(self) -> Any:
+        options = copy.deepcopy(dict(self.profile.options))
+        options["defaultType"] = self.market_type
+        options.update(copy.deepcopy(dict(self._options)))
+        config: dict[str, Any] = {
+            **self.profile.exchange_config,
+            "apiKey": self._api_key,
+            "secret": self._secret,
+            "enableRateLimit": True,
+            "timeout": self.timeout_ms,
+            "options": options,
+        }
+        if self._password is not None:
+            config["password"] = self._password
+        exchange = getattr(ccxt_async, self.exchange_id)(config)
+        exchange.logger = _RedactingLogger(wire_log, (self._api_key, self._secret, self._password))
+        if self.sandbox:
+            exchange.set_sandbox_mode(True)
+        if self.base_url:
+            exchange.urls["api"] = rebase_api_urls(exchange.urls["api"], self.base_url)
+        return exchange
+
+    # ------------------------------------------------------------------ BaseBroker
+
+    async def connect(self) -> None:
+        """Build the ccxt client and load the venue's markets."""
+        if self._exchange is not None:
+            return
+        exchange = self._build()
+        try:
+            with self._guard("load markets"):
+                await exchange.load_markets()
+        except BaseException:
+            await exchange.close()
+            raise
+        self._exchange = exchange
+        log.info("%s: connected (%d markets)", self.name, len(exchange.markets))
+
+    async def close(self) -> None:
+        """Release the HTTP session."""
+        exchange, self._exchange = self._exchange, None
+        if exchange is not None:
+            await exchange.close()
+
+    async def get_account_info(self) -> AccountInfo:
+        """Balances (free + locked) and locked amounts per currency; equity in the quote
+        currency at the last prices (currencies without a market against it are left out
+        of equity)."""
+        totals, locked = await self._balances()
+        prices = await self._prices(totals)
+        equity = totals.get(self.quote_currency, 0.0) + sum(
+            qty * prices[asset] for asset, qty in totals.items() if asset in prices
+        )
+        return AccountInfo(balances=totals, equity=equity, quote_currency=self.quote_currency, locked=locked)
+
+    async def get_positions(self) -> list[Position]:
+        """Each held base currency with a market against the quote currency."""
+        totals, _ = await self._balances()
+        prices = await self._prices(totals)
+        return [
+            Position(
+                symbol=f"{asset}/{self.quote_currency}",
+                quantity=qty,
+                average_price=prices[asset],
+                market_price=prices[asset],
+            )
+            for asset, qty in sorted(totals.items())
+            if asset in prices and qty > 0
+        ]
+
+    async def place_order(self, order: Order) -> OrderResult:
+        """Send ``order`` (rounded to the market's precision) with its client order id.
+        A venue answer "duplicate client id" returns the order already there."""
+        exchange = self.exchange
+        action = f"place {describe(order)}"
+        if not self.profile.accepts_client_order_id(order.client_order_id):
+            raise InvalidOrderError(
+                f"{action} at {self.name}: client order id does not match the venue's pattern "
+                f"{self.profile.client_order_id_pattern!r}"
+            )
+        kind, takes_tif = ORDER_TYPES[order.order_type]
+        params: dict[str, Any] = {self.profile.client_order_id_param: order.client_order_id}
+        if takes_tif:
+            params["timeInForce"] = order.time_in_force.value
+        try:
+            with self._guard(action):
+                amount = float(exchange.amount_to_precision(order.symbol, order.quantity))
+                price = None
+                if order.price is not None:
+                    price = float(exchange.price_to_precision(order.symbol, order.price))
+                if order.stop_price is not None:
+                    params["triggerPrice"] = float(exchange.price_to_precision(order.symbol, order.stop_price))
+                raw = await exchange.create_order(order.symbol, kind, order.side.value, amount, price, params)
+        except DuplicateClientOrderIdError:
+            existing = await self.get_order_by_client_id(order.client_order_id, order.symbol)
+            if existing is None:
+                raise
+            log.warning("%s: %s is already at the venue as %s; not placed again",
+                        self.name, order.client_order_id, existing.order_id)
+            return existing
+        result = await self._result(raw, order.symbol, order)
+        log.info("%s: placed %s -> %s %s", self.name, describe(order), result.order_id, result.status.value)
+        return result
+
+    async def cancel_order(self, order_id: str, symbol: str) -> OrderResult:
+        """Cancel an open order: ``InvalidOrderError`` if it is no longer open,
+        ``OrderNotFoundError`` if the venue does not know it."""
+        exchange = self.exchange
+        try:
+            with self._guard(f"cancel order {order_id} on {symbol}"):
+                raw = await exchange.cancel_order(order_id, symbol)
+        except OrderNotFoundError as exc:  # Binance answers -2011 for filled orders too
+            current = await self.get_order_status(order_id, symbol)
+            if current.status.is_terminal:
+                raise InvalidOrderError(
+                    f"cannot cancel order {order_id} ({current.client_order_id}) on {symbol} at "
+                    f"{self.name}: it is {current.status.value}",
+                    broker_message=exc.broker_message,
+                ) from exc
+            raise
+        result = await self._result(raw, symbol)
+        log.info("%s: canceled order %s (%s) on %s", self.name, order_id, result.client_order_id, symbol)
+        return result
+
+    async def get_order_status(self, order_id: str, symbol: str) -> OrderResult:
+        """The order now, with its fills."""
+        with self._guard(f"fetch order {order_id} on {symbol}"):
+            raw = await self.exchange.fetch_order(order_id, symbol)
+        return await self._result(raw, symbol)
+
+    async def get_order_by_client_id(self, client_order_id: str, symbol: str) -> OrderResult | None:
+        """The order bearing ``client_order_id`` on ``symbol``, or None if the venue has
+        never seen it."""
+        try:
+            with self._guard(f"look up order {client_order_id} on {symbol}"):
+                raw = await self.exchange.fetch_order(
+                    None, symbol, {self.profile.lookup_param: client_order_id}
+                )
+        except OrderNotFoundError:
+            return None
+        return await self._result(raw, symbol)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _balances(self) -> tuple[dict[str, float], dict[str, float]]:
+        with self._guard("fetch balance"):
+            balance = await self.exchange.fetch_balance()
+        totals = {c: float(v) for c, v in (balance.get("total") or {}).items() if v}
+        locked = {c: float(v) for c, v in (balance.get("used") or {}).items() if v}
+        return totals, locked
+
+    async def _prices(self, assets: Mapping[str, float]) -> dict[str, float]:
+        """Last price against the quote currency of each asset that has such a market."""
+        markets = self.exchange.markets or {}
+        symbols = {f"{a}/{self.quote_currency}": a for a in assets if a != self.quote_currency}
+        symbols = {s: a for s, a in symbols.items() if s in markets}
+        if not symbols:
+            return {}
+        with self._guard(f"fetch tickers {', '.join(symbols)}"):
+            if self.exchange.has.get("fetchTickers"):
+                tickers = await self.exchange.fetch_tickers(list(symbols))
+            else:
+                tickers = {s: await self.exchange.fetch_ticker(s) for s in symbols}
+        prices = {}
+        for symbol, asset in symbols.items():
+            ticker = tickers.get(symbol) or {}
+            last = ticker.get("last") or ticker.get("close")
+            if last:
+                prices[asset] = float(last)
+        return prices
+
+    async def _result(self, raw: Mapping[str, Any], symbol: str, order: Order | None = None) -> OrderResult:
+        """A ccxt order as our ``OrderResult`` (fetching its trades if it filled and the
+        answer does not carry them)."""
+        info = raw.get("info") or {}
+        client_id = info.get(self.profile.lookup_param) or raw.get("clientOrderId")
+        if not client_id and order is not None:
+            client_id = order.client_order_id
+        filled = float(raw.get("filled") or 0.0)
+        status = STATUSES.get(str(raw.get("status")), None)
+        if status is None:
+            status = OrderStatus.PARTIALLY_FILLED if filled > 0 else OrderStatus.NEW
+        fills = await self._fills(raw, symbol, str(client_id or ""), filled) if filled > 0 else ()
+        fees = sum(f.fee for f in fills)
+        fee_currency = fills[0].fee_currency if fills else None
+        if not fills and raw.get("fee"):
+            fees = float(raw["fee"].get("cost") or 0.0)
+            fee_currency = raw["fee"].get("currency")
+        average = raw.get("average")
+        if average is None and fills:
+            average = sum(f.quantity * f.price for f in fills) / sum(f.quantity for f in fills)
+        when = raw.get("lastUpdateTimestamp") or raw.get("lastTradeTimestamp") or raw.get("timestamp")
+        return OrderResult(
+            order_id=str(raw.get("id")),
+            client_order_id=str(client_id or ""),
+            status=status,
+            executed_quantity=filled,
+            executed_price=float(average) if average is not None and filled > 0 else None,
+            timestamp=_when(when) or datetime.now(UTC),
+            fees=fees,
+            fee_currency=fee_currency,
+            reason=REASONS.get(status),
+            fills=fills,
+        )
+
+    async def _fills(self, raw: Mapping[str, Any], symbol: str, client_id: str, filled: float) -> tuple[Fill, ...]:
+        trades = list(raw.get("trades") or [])
+        if sum(float(t.get("amount") or 0.0) for t in trades) < filled * (1 - 1e-9):
+            trades = await self._order_trades(str(raw.get("id")), symbol)
+        side = Side(raw.get("side") or "buy")
+        fallback = raw.get("lastTradeTimestamp") or raw.get("timestamp")
+        return tuple(
+            Fill(
+                order_id=str(raw.get("id")),
+                client_order_id=client_id,
+                symbol=symbol,
+                side=side,
+                quantity=float(t["amount"]),
+                price=float(t["price"]),
+                fee=float((t.get("fee") or {}).get("cost") or 0.0),
+                fee_currency=(t.get("fee") or {}).get("currency") or self.quote_currency,
+                timestamp=_when(t.get("timestamp") or fallback) or datetime.now(UTC),
+                is_maker=t.get("takerOrMaker") == "maker",
+                trade_id=str(t["id"]) if t.get("id") is not None else None,
+            )
+            for t in trades
+        )
+
+    async def _order_trades(self, order_id: str, symbol: str) -> list[dict[str, Any]]:
+        with self._guard(f"fetch trades of order {order_id} on {symbol}"):
+            if self.exchange.has.get("fetchOrderTrades"):
+                return list(await self.exchange.fetch_order_trades(order_id, symbol))
+            trades = await self.exchange.fetch_my_trades(symbol)
+        return [t for t in trades if str(t.get("order")) == order_id]

@@ -1,0 +1,630 @@
+"""The emulator's HTTP face: enough of Binance's spot REST API (``/api/v3``) for a stock
+ccxt ``binance`` client, over an ``Engine``.
+
+Public:  GET  /api/v3/ping, /time, /exchangeInfo, /ticker/24hr, /ticker/price,
+              /ticker/bookTicker, /klines
+Signed:  GET  /api/v3/account, /order, /openOrders, /allOrders, /myTrades
+         POST /api/v3/order          DELETE /api/v3/order, /openOrders
+Admin:   POST /admin/advance {"bars": n}      POST /admin/price {"symbol", "price"}
+         POST /admin/faults {...}             GET  /admin/state
+         (no authentication: the server listens on 127.0.0.1 only)
+
+Signed requests are checked as Binance checks them: the ``X-MBX-APIKEY`` header, an
+HMAC-SHA256 ``signature`` (hex) over the query string followed by the body (both
+without the signature), and ``timestamp`` within ``recvWindow`` (default 5000 ms, at
+most 1000 ms ahead). Errors are Binance's ``{"code": ..., "msg": ...}`` with its HTTP
+statuses: 401 -2014/-2015 (API key), 400 -1022 (signature), 400 -1021 (timestamp),
+400 -1013 (filters), 400 -2010 (refused order: funds, duplicate client id), 400 -2013
+(unknown order), 400 -2011 (cancel refused), 429 -1003, 503 -1001 / -1007.
+
+Faults (``engine.faults``, checked by ``FaultMiddleware`` on every non-admin request):
+    latency_ms         added to every response
+    fail_next          the next N requests answer 503 -1001 without reaching the engine
+    lose_next          the next N requests reach the engine, then answer 503 -1007
+                       (Binance's "execution status unknown": the order may exist)
+    rate_limit_next    the next N requests answer 429 -1003 with ``Retry-After``
+    retry_after_s      the Retry-After value (default 1)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from brokers.base.types import Side
+from brokers.emulator.engine import (
+    EmOrder,
+    Engine,
+    MarketSpec,
+    Trade,
+    VenueError,
+    bad_request,
+    dec,
+    floor_to,
+)
+
+MAX_RECV_WINDOW = 60_000
+DEFAULT_RECV_WINDOW = 5_000
+RESP_TYPES = ("ACK", "RESULT", "FULL")
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def fmt(x: Decimal | None) -> str:
+    """A number as Binance writes it: a string with 8 decimals."""
+    return f"{(x if x is not None else Decimal(0)):.8f}"
+
+
+def error(status: int, code: int, msg: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"code": code, "msg": msg}, status_code=status, headers=headers)
+
+
+# ---------------------------------------------------------------------- serialisers
+
+
+def market_json(spec: MarketSpec) -> dict[str, Any]:
+    return {
+        "symbol": spec.venue_id,
+        "status": "TRADING",
+        "baseAsset": spec.base,
+        "baseAssetPrecision": 8,
+        "quoteAsset": spec.quote,
+        "quotePrecision": 8,
+        "quoteAssetPrecision": 8,
+        "baseCommissionPrecision": 8,
+        "quoteCommissionPrecision": 8,
+        "orderTypes": ["LIMIT", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT"],
+        "icebergAllowed": False,
+        "ocoAllowed": False,
+        "quoteOrderQtyMarketAllowed": True,
+        "allowTrailingStop": False,
+        "cancelReplaceAllowed": False,
+        "isSpotTradingAllowed": True,
+        "isMarginTradingAllowed": False,
+        "filters": [
+            {
+                "filterType": "PRICE_FILTER",
+                "minPrice": fmt(spec.min_price),
+                "maxPrice": fmt(spec.max_price),
+                "tickSize": fmt(spec.tick_size),
+            },
+            {
+                "filterType": "LOT_SIZE",
+                "minQty": fmt(spec.min_qty),
+                "maxQty": fmt(spec.max_qty),
+                "stepSize": fmt(spec.step_size),
+            },
+            {
+                "filterType": "NOTIONAL",
+                "minNotional": fmt(spec.min_notional),
+                "applyMinToMarket": True,
+                "maxNotional": "9000000.00000000",
+                "applyMaxToMarket": False,
+                "avgPriceMins": 5,
+            },
+        ],
+        "permissions": [],
+        "permissionSets": [["SPOT"]],
+        "defaultSelfTradePreventionMode": "NONE",
+        "allowedSelfTradePreventionModes": ["NONE"],
+    }
+
+
+def fill_json(trade: Trade) -> dict[str, Any]:
+    return {
+        "price": fmt(trade.price),
+        "qty": fmt(trade.qty),
+        "commission": fmt(trade.commission),
+        "commissionAsset": trade.commission_asset,
+        "tradeId": trade.trade_id,
+    }
+
+
+def order_json(engine: Engine, order: EmOrder, resp_type: str = "RESULT", *, query: bool = False) -> dict[str, Any]:
+    """An order as Binance answers it: ``query`` for GET /order, else the POST answer in
+    ``resp_type`` (ACK, RESULT or FULL)."""
+    out: dict[str, Any] = {
+        "symbol": engine.specs[order.symbol].venue_id,
+        "orderId": order.order_id,
+        "orderListId": -1,
+        "clientOrderId": order.client_order_id,
+    }
+    if not query:
+        out["transactTime"] = order.updated_ms
+        if resp_type == "ACK":
+            return out
+    out.update({
+        "price": fmt(order.price),
+        "origQty": fmt(order.quantity),
+        "executedQty": fmt(order.executed),
+        "cummulativeQuoteQty": fmt(order.quote_executed),
+        "status": order.status,
+        "timeInForce": order.tif,
+        "type": order.kind,
+        "side": order.side.value.upper(),
+    })
+    if order.stop_price is not None or query:
+        out["stopPrice"] = fmt(order.stop_price)
+    if query:
+        out.update({
+            "icebergQty": fmt(None),
+            "time": order.created_ms,
+            "updateTime": order.updated_ms,
+            "isWorking": order.is_working,
+            "origQuoteOrderQty": fmt(None),
+        })
+    out["workingTime"] = order.created_ms if order.is_working else -1
+    out["selfTradePreventionMode"] = "NONE"
+    if resp_type == "FULL" and not query:
+        out["fills"] = [fill_json(t) for t in order.trades]
+    return out
+
+
+def trade_json(engine: Engine, trade: Trade) -> dict[str, Any]:
+    return {
+        "symbol": engine.specs[trade.symbol].venue_id,
+        "id": trade.trade_id,
+        "orderId": trade.order_id,
+        "orderListId": -1,
+        "price": fmt(trade.price),
+        "qty": fmt(trade.qty),
+        "quoteQty": fmt(trade.quote_qty),
+        "commission": fmt(trade.commission),
+        "commissionAsset": trade.commission_asset,
+        "time": trade.time_ms,
+        "isBuyer": trade.side is Side.BUY,
+        "isMaker": trade.is_maker,
+        "isBestMatch": True,
+    }
+
+
+def ticker_json(engine: Engine, symbol: str) -> dict[str, Any]:
+    spec = engine.specs[symbol]
+    bar = engine.bar(symbol)
+    last = engine.price(symbol)
+    opened = dec(bar.open)
+    now = engine.now_ms()
+    return {
+        "symbol": spec.venue_id,
+        "priceChange": fmt(last - opened),
+        "priceChangePercent": f"{(last - opened) / opened * 100:.3f}" if opened else "0.000",
+        "weightedAvgPrice": fmt(last),
+        "prevClosePrice": fmt(opened),
+        "lastPrice": fmt(last),
+        "lastQty": fmt(None),
+        "bidPrice": fmt(last),
+        "bidQty": fmt(dec(bar.volume)),
+        "askPrice": fmt(last),
+        "askQty": fmt(dec(bar.volume)),
+        "openPrice": fmt(opened),
+        "highPrice": fmt(max(dec(bar.high), last)),
+        "lowPrice": fmt(min(dec(bar.low), last)),
+        "volume": fmt(dec(bar.volume)),
+        "quoteVolume": fmt(dec(bar.volume) * last),
+        "openTime": now - 86_400_000,
+        "closeTime": now,
+        "firstId": 0,
+        "lastId": 0,
+        "count": 0,
+    }
+
+
+# ---------------------------------------------------------------------- the app
+
+
+class BinanceDialect:
+    """Routes and request checks of the Binance spot dialect over one engine and one
+    API key / secret pair."""
+
+    def __init__(self, engine: Engine, api_key: str, secret: str) -> None:
+        self.engine = engine
+        self._api_key = api_key
+        self._secret = secret.encode()
+        self._by_venue_id = {spec.venue_id: symbol for symbol, spec in engine.specs.items()}
+
+    # -- request plumbing
+
+    def symbol(self, venue_id: str | None) -> str:
+        if not venue_id:
+            raise bad_request(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+        symbol = self._by_venue_id.get(venue_id.upper())
+        if symbol is None:
+            raise bad_request(-1121, "Invalid symbol.")
+        return symbol
+
+    def symbols_param(self, params: dict[str, str]) -> list[str]:
+        """``symbol=ETHBTC`` or ``symbols=["ETHBTC",...]`` or neither (all)."""
+        if params.get("symbol"):
+            return [self.symbol(params["symbol"])]
+        if params.get("symbols"):
+            try:
+                ids = json.loads(params["symbols"])
+            except ValueError:
+                raise bad_request(-1100, "Illegal characters found in parameter 'symbols'.") from None
+            return [self.symbol(i) for i in ids]
+        return list(self.engine.specs)
+
+    async def signed_params(self, request: Request) -> dict[str, str]:
+        """Check key, signature and timestamp; the request's parameters (query + body)."""
+        key = request.headers.get("x-mbx-apikey")
+        if not key:
+            raise VenueError(401, -2014, "API-key format invalid.")
+        if not hmac.compare_digest(key.encode(), self._api_key.encode()):
+            raise VenueError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        body = (await request.body()).decode("latin-1")
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        params.update(parse_qsl(body, keep_blank_values=True))
+        signature = params.pop("signature", None)
+        if not signature:
+            raise bad_request(-1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.")
+        payload = (_unsigned(query) + _unsigned(body)).encode("latin-1")
+        expected = hmac.new(self._secret, payload, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signature.lower()):
+            raise bad_request(-1022, "Signature for this request is not valid.")
+        self._check_timestamp(params)
+        return params
+
+    def _check_timestamp(self, params: dict[str, str]) -> None:
+        try:
+            stamp = int(params["timestamp"])
+            window = int(params.get("recvWindow", DEFAULT_RECV_WINDOW))
+        except (KeyError, ValueError):
+            raise bad_request(
+                -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed."
+            ) from None
+        if not 0 < window <= MAX_RECV_WINDOW:
+            raise bad_request(-1131, "recvWindow must be less than 60000")
+        now = self.engine.now_ms()
+        if stamp > now + 1000 or now - stamp > window:
+            raise bad_request(-1021, "Timestamp for this request is outside of the recvWindow.")
+
+    def routes(self) -> list[Route]:
+        public = [
+            ("/api/v3/ping", "GET", self.ping),
+            ("/api/v3/time", "GET", self.time),
+            ("/api/v3/exchangeInfo", "GET", self.exchange_info),
+            ("/api/v3/ticker/24hr", "GET", self.ticker_24hr),
+            ("/api/v3/ticker/price", "GET", self.ticker_price),
+            ("/api/v3/ticker/bookTicker", "GET", self.book_ticker),
+            ("/api/v3/klines", "GET", self.klines),
+        ]
+        signed = [
+            ("/api/v3/account", "GET", self.account),
+            ("/api/v3/order", "POST", self.new_order),
+            ("/api/v3/order", "GET", self.query_order),
+            ("/api/v3/order", "DELETE", self.cancel_order),
+            ("/api/v3/openOrders", "GET", self.open_orders),
+            ("/api/v3/openOrders", "DELETE", self.cancel_open_orders),
+            ("/api/v3/allOrders", "GET", self.all_orders),
+            ("/api/v3/myTrades", "GET", self.my_trades),
+        ]
+        admin = [
+            ("/admin/advance", "POST", self.admin_advance),
+            ("/admin/price", "POST", self.admin_price),
+            ("/admin/faults", "POST", self.admin_faults),
+            ("/admin/state", "GET", self.admin_state),
+        ]
+        routes = [Route(p, self._public(h), methods=[m]) for p, m, h in public + admin]
+        routes += [Route(p, self._signed(h), methods=[m]) for p, m, h in signed]
+        return routes
+
+    def _public(self, handler: Callable[[dict[str, str]], Any]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            try:
+                params = dict(request.query_params)
+                if request.method == "POST":
+                    raw = await request.body()
+                    params.update(json.loads(raw) if raw else {})
+                with self.engine.lock:
+                    return JSONResponse(handler(params))
+            except VenueError as exc:
+                return error(exc.status, exc.code, exc.msg)
+            except (ValueError, KeyError, TypeError, ArithmeticError):
+                return error(400, -1100, "Illegal characters found in a parameter.")
+
+        return endpoint
+
+    def _signed(self, handler: Callable[[dict[str, str]], Any]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            try:
+                params = await self.signed_params(request)
+                with self.engine.lock:
+                    return JSONResponse(handler(params))
+            except VenueError as exc:
+                return error(exc.status, exc.code, exc.msg)
+            except (ValueError, KeyError, TypeError, ArithmeticError):
+                return error(400, -1100, "Illegal characters found in a parameter.")
+
+        return endpoint
+
+    # -- public endpoints
+
+    def ping(self, params: dict[str, str]) -> dict[str, Any]:
+        return {}
+
+    def time(self, params: dict[str, str]) -> dict[str, Any]:
+        return {"serverTime": self.engine.now_ms()}
+
+    def exchange_info(self, params: dict[str, str]) -> dict[str, Any]:
+        return {
+            "timezone": "UTC",
+            "serverTime": self.engine.now_ms(),
+            "rateLimits": [
+                {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
+                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
+            ],
+            "exchangeFilters": [],
+            "symbols": [market_json(self.engine.specs[s]) for s in self.symbols_param(params)],
+        }
+
+    def ticker_24hr(self, params: dict[str, str]) -> Any:
+        tickers = [ticker_json(self.engine, s) for s in self.symbols_param(params)]
+        return tickers[0] if params.get("symbol") else tickers
+
+    def ticker_price(self, params: dict[str, str]) -> Any:
+        prices = [
+            {"symbol": self.engine.specs[s].venue_id, "price": fmt(self.engine.price(s))}
+            for s in self.symbols_param(params)
+        ]
+        return prices[0] if params.get("symbol") else prices
+
+    def book_ticker(self, params: dict[str, str]) -> Any:
+        books = []
+        for s in self.symbols_param(params):
+            price, size = fmt(self.engine.price(s)), fmt(dec(self.engine.bar(s).volume))
+            books.append({"symbol": self.engine.specs[s].venue_id, "bidPrice": price, "bidQty": size,
+                          "askPrice": price, "askQty": size})
+        return books[0] if params.get("symbol") else books
+
+    def klines(self, params: dict[str, str]) -> list[list[Any]]:
+        """The bars up to and including the current one (the replayed path so far)."""
+        symbol = self.symbol(params.get("symbol"))
+        series = self.engine.series[symbol]
+        limit = min(int(params.get("limit", 500)), 1000)
+        first = max(0, self.engine.index + 1 - limit)
+        rows = []
+        for i in range(first, self.engine.index + 1):
+            bar, start = series.bar(i), self.engine.bar_time_ms(symbol, i)
+            end = self.engine.bar_time_ms(symbol, i + 1) - 1 if i + 1 < len(series) else start + 59_999
+            rows.append([start, fmt(dec(bar.open)), fmt(dec(bar.high)), fmt(dec(bar.low)), fmt(dec(bar.close)),
+                         fmt(dec(bar.volume)), end, fmt(dec(bar.volume * bar.close)), 0, "0", "0", "0"])
+        return rows
+
+    # -- signed endpoints
+
+    def account(self, params: dict[str, str]) -> dict[str, Any]:
+        fee_bps = int(self.engine.taker_fee * 10_000)
+        return {
+            "makerCommission": int(self.engine.maker_fee * 10_000),
+            "takerCommission": fee_bps,
+            "buyerCommission": 0,
+            "sellerCommission": 0,
+            "commissionRates": {"maker": fmt(self.engine.maker_fee), "taker": fmt(self.engine.taker_fee),
+                                "buyer": fmt(None), "seller": fmt(None)},
+            "canTrade": True,
+            "canWithdraw": False,
+            "canDeposit": False,
+            "brokered": False,
+            "requireSelfTradePrevention": False,
+            "preventSor": False,
+            "updateTime": self.engine.now_ms(),
+            "accountType": "SPOT",
+            "balances": [
+                {"asset": a, "free": fmt(free), "locked": fmt(locked)}
+                for a, (free, locked) in self.engine.balances().items()
+            ],
+            "permissions": ["SPOT"],
+            "uid": 1,
+        }
+
+    def new_order(self, params: dict[str, str]) -> dict[str, Any]:
+        symbol = self.symbol(params.get("symbol"))
+        side = _side(params.get("side"))
+        kind = params.get("type", "").upper()
+        resp_type = params.get("newOrderRespType") or ("FULL" if kind in ("MARKET", "LIMIT") else "ACK")
+        if resp_type not in RESP_TYPES:
+            raise bad_request(-1100, "Illegal characters found in parameter 'newOrderRespType'.")
+        price = _decimal(params, "price")
+        quantity = _decimal(params, "quantity")
+        quote_qty = _decimal(params, "quoteOrderQty")
+        if quantity is None and quote_qty is not None and kind == "MARKET":
+            quantity = floor_to(quote_qty / self.engine.price(symbol), self.engine.specs[symbol].step_size)
+        if quantity is None:
+            raise bad_request(-1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed.")
+        if kind in ("LIMIT", "STOP_LOSS_LIMIT") and not params.get("timeInForce"):
+            raise bad_request(
+                -1102, "Mandatory parameter 'timeInForce' was not sent, was empty/null, or malformed."
+            )
+        order = self.engine.place(
+            symbol,
+            side,
+            kind,
+            quantity,
+            client_order_id=params.get("newClientOrderId") or f"emu-{self.engine.now_ms()}-{len(self.engine.orders)}",
+            price=price,
+            stop_price=_decimal(params, "stopPrice"),
+            tif=params.get("timeInForce", "GTC").upper(),
+        )
+        return order_json(self.engine, order, resp_type)
+
+    def _find(self, params: dict[str, str]) -> tuple[str, int | None, str | None]:
+        symbol = self.symbol(params.get("symbol"))
+        order_id = params.get("orderId")
+        try:
+            number = int(order_id) if order_id else None
+        except ValueError:
+            raise bad_request(-1100, "Illegal characters found in parameter 'orderId'.") from None
+        return symbol, number, params.get("origClientOrderId") or None
+
+    def query_order(self, params: dict[str, str]) -> dict[str, Any]:
+        symbol, order_id, client_id = self._find(params)
+        order = self.engine.find(symbol, order_id=order_id, client_order_id=client_id)
+        return order_json(self.engine, order, query=True)
+
+    def cancel_order(self, params: dict[str, str]) -> dict[str, Any]:
+        symbol, order_id, client_id = self._find(params)
+        order = self.engine.cancel(symbol, order_id=order_id, client_order_id=client_id)
+        return _canceled_json(self.engine, order, params.get("newClientOrderId"))
+
+    def open_orders(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        symbol = self.symbol(params["symbol"]) if params.get("symbol") else None
+        return [order_json(self.engine, o, query=True) for o in self.engine.open_orders(symbol)]
+
+    def cancel_open_orders(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        symbol = self.symbol(params.get("symbol"))
+        canceled = [self.engine.cancel(symbol, order_id=o.order_id) for o in self.engine.open_orders(symbol)]
+        return [_canceled_json(self.engine, o, None) for o in canceled]
+
+    def all_orders(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        symbol = self.symbol(params.get("symbol"))
+        since = int(params.get("orderId") or 0)
+        limit = min(int(params.get("limit", 500)), 1000)
+        orders = [o for o in self.engine.orders.values() if o.symbol == symbol and o.order_id >= since]
+        return [order_json(self.engine, o, query=True) for o in orders[-limit:]]
+
+    def my_trades(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        symbol = self.symbol(params.get("symbol"))
+        order_id = int(params["orderId"]) if params.get("orderId") else None
+        trades = self.engine.my_trades(symbol, order_id=order_id)
+        start, end = int(params.get("startTime") or 0), int(params.get("endTime") or 2**62)
+        from_id = int(params.get("fromId") or 0)
+        limit = min(int(params.get("limit", 500)), 1000)
+        chosen = [t for t in trades if start <= t.time_ms <= end and t.trade_id >= from_id]
+        return [trade_json(self.engine, t) for t in chosen[:limit]]
+
+    # -- admin endpoints
+
+    def admin_advance(self, params: dict[str, Any]) -> dict[str, Any]:
+        index = self.engine.advance(int(params.get("bars", 1)))
+        return self._market_state(index)
+
+    def admin_price(self, params: dict[str, Any]) -> dict[str, Any]:
+        raw = str(params.get("symbol", ""))
+        symbol = raw if raw in self.engine.specs else self.symbol(raw)
+        if "price" not in params:
+            raise bad_request(-1102, "Mandatory parameter 'price' was not sent.")
+        self.engine.set_price(symbol, params["price"])
+        return self._market_state(self.engine.index)
+
+    def admin_faults(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.engine.faults.update(params)
+        return dict(self.engine.faults)
+
+    def admin_state(self, params: dict[str, str]) -> dict[str, Any]:
+        return {
+            **self._market_state(self.engine.index),
+            "orders": len(self.engine.orders),
+            "open_orders": len(self.engine.open_orders()),
+            "trades": len(self.engine.trades),
+            "balances": {a: {"free": fmt(f), "locked": fmt(lk)} for a, (f, lk) in self.engine.balances().items()},
+            "faults": dict(self.engine.faults),
+        }
+
+    def _market_state(self, index: int) -> dict[str, Any]:
+        return {
+            "index": index,
+            "bars": self.engine.bar_count,
+            "prices": {s: fmt(self.engine.price(s)) for s in self.engine.specs},
+        }
+
+
+def _unsigned(raw: str) -> str:
+    """``raw`` (a query string or form body) without its ``signature=`` parameter."""
+    return "&".join(p for p in raw.split("&") if p and not p.startswith("signature="))
+
+
+def _side(raw: str | None) -> Side:
+    if raw is None or raw.upper() not in ("BUY", "SELL"):
+        raise bad_request(-1102, "Mandatory parameter 'side' was not sent, was empty/null, or malformed.")
+    return Side(raw.lower())
+
+
+def _decimal(params: dict[str, str], name: str) -> Decimal | None:
+    raw = params.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        value = Decimal(raw)
+    except ArithmeticError:
+        raise bad_request(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^([0-9]{{1,20}})(\\.[0-9]{{1,20}})?$'.") from None
+    if not value.is_finite() or value <= 0:
+        raise bad_request(-1100, f"Illegal characters found in parameter '{name}'.")
+    return value
+
+
+def _canceled_json(engine: Engine, order: EmOrder, cancel_id: str | None) -> dict[str, Any]:
+    """The DELETE answer: the order, ``origClientOrderId`` its client id and
+    ``clientOrderId`` the id of the cancel request (as Binance answers)."""
+    out = order_json(engine, order, "RESULT")
+    out["origClientOrderId"] = order.client_order_id
+    out["clientOrderId"] = cancel_id or f"cancel-{order.order_id}"
+    return out
+
+
+# ---------------------------------------------------------------------- faults
+
+
+class FaultMiddleware:
+    """Applies ``engine.faults`` to every request outside ``/admin``."""
+
+    def __init__(self, app: ASGIApp, engine: Engine) -> None:
+        self.app = app
+        self.engine = engine
+
+    def _take(self) -> tuple[float, str | None, int]:
+        """(latency in s, fault to answer with or None, Retry-After), consuming counts."""
+        with self.engine.lock:
+            faults = self.engine.faults
+            latency = float(faults.get("latency_ms", 0)) / 1000
+            retry_after = int(faults.get("retry_after_s", 1))
+            for name in ("fail_next", "rate_limit_next", "lose_next"):
+                if int(faults.get(name, 0)) > 0:
+                    faults[name] = int(faults[name]) - 1
+                    return latency, name, retry_after
+            return latency, None, retry_after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/admin"):
+            await self.app(scope, receive, send)
+            return
+        latency, fault, retry_after = self._take()
+        if latency > 0:
+            await asyncio.sleep(latency)
+        if fault == "lose_next":
+            await self.app(scope, receive, _discard)
+            response: Response = error(503, -1007, "Timeout waiting for response from backend server. "
+                                       "Send status unknown; execution status unknown.")
+        elif fault == "fail_next":
+            response = error(503, -1001, "Internal error; unable to process your request. Please try again.")
+        elif fault == "rate_limit_next":
+            response = error(429, -1003, "Too many requests; current limit of IP is 6000 requests per minute.",
+                             headers={"Retry-After": str(retry_after)})
+        else:
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
+
+
+async def _discard(message: Message) -> None:
+    return None
+
+
+def create_app(engine: Engine, *, api_key: str, secret: str, venue: str = "binance") -> ASGIApp:
+    """The emulator's ASGI app for ``venue`` (only ``binance`` is spoken so far)."""
+    if venue != "binance":
+        raise ValueError(f"the emulator speaks only the binance dialect so far, not {venue!r}")
+    dialect = BinanceDialect(engine, api_key, secret)
+    app = Starlette(routes=dialect.routes())
+    return FaultMiddleware(app, engine)
