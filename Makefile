@@ -27,6 +27,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
+chaos: $(STAMP)
+	TRADPAL_HYPOTHESIS_PROFILE=chaos $(PY) -m pytest -q tests/reliability
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
