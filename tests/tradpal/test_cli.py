@@ -149,7 +149,7 @@ def test_risk_example_passes_its_own_check(tmp_path, capsys):
     path = tmp_path / "risk.yaml"
     path.write_text(example)
     assert main(["risk", "check", str(path)]) == 0
-    assert "valid (2 assets, 1 sectors, 1 strategy sizing rules)" in capsys.readouterr().out
+    assert "valid (2 assets, 1 sectors, 3 strategy sizing rules)" in capsys.readouterr().out
     path.write_text(example.replace("max_drawdown: 0.20", "max_drawdown: -1"))
     assert main(["risk", "check", str(path)]) == 2
     assert "portfolio.max_drawdown: Input should be greater than 0 (got -1)" in capsys.readouterr().err
