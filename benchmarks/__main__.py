@@ -9,6 +9,9 @@ import sys
 CASES = [
     ["benchmarks.replay", "direct"],
     ["benchmarks.replay", "flow"],
+    ["benchmarks.replay", "lower-bound"],
+    ["benchmarks.replay", "advanced"],
+    ["benchmarks.replay", "multi"],
     ["benchmarks.latency"],
     ["benchmarks.analytics"],
 ]
@@ -33,7 +36,29 @@ def main() -> int:
     if direct and flow:
         print(json.dumps({"name": "replay_prefect_overhead_ratio", "value": round(flow / direct, 3),
                           "unit": "x", "target": "<= 1.5"}), flush=True)
+    _ratios(results)
     return 1 if failed else 0
+
+
+def _ratios(results: dict[str, float]) -> None:
+    """The flow against the vectorised lower bound, and the 10 M-bar case against the 1 M one."""
+    bound = results.get("replay_lower_bound_1000k_bars_5000_signals_wall")
+    one = "replay_advanced_1000k_bars_5000_signals"
+    ten = "replay_advanced_10x1000k_bars_50000_signals"
+    rows = []
+    if bound:
+        flow = results.get("replay_flow_1000k_bars_5000_signals_wall")
+        if flow:
+            rows.append(("replay_flow_vs_lower_bound_ratio", flow / bound, "x", "<= 3"))
+        if results.get(f"{one}_wall"):
+            rows.append(("replay_advanced_vs_lower_bound_ratio", results[f"{one}_wall"] / bound, "x", None))
+    if results.get(f"{one}_wall") and results.get(f"{ten}_wall"):
+        rows.append(("replay_advanced_10m_vs_1m_wall_ratio", results[f"{ten}_wall"] / results[f"{one}_wall"], "x",
+                     None))
+        rows.append(("replay_advanced_10m_vs_1m_rss_growth", results[f"{ten}_peak_rss"] - results[f"{one}_peak_rss"],
+                     "MiB", None))
+    for name, value, unit, target in rows:
+        print(json.dumps({"name": name, "value": round(value, 3), "unit": unit, "target": target}), flush=True)
 
 
 if __name__ == "__main__":

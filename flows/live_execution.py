@@ -10,23 +10,45 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from brokers.base import AccountInfo, BaseBroker
 from brokers.base.clock import WallClock
-from brokers.paper import PaperBroker
+from brokers.factory import make_broker, paper_broker
 from risk.alerts import alerter_from_env
 from tasks.context import Book, ExecutionContext, MarketData, PipelineConfig
 from tasks.pipeline import run_batch
 from tasks.prefect_tasks import task_caller
+from tasks.reconcile import reconcile_task
 from tasks.recorder import LedgerRecorder
 from tradpal.config import load_settings
 from tradpal.io import load_signals
 from tradpal.ledger import Ledger
 
+__all__ = ["live_execution", "live_execution_from_file", "paper_broker"]
 
-def paper_broker(cash: float, quote: str, prices: dict[str, float], clock: WallClock) -> PaperBroker:
-    broker = PaperBroker(cash=cash, quote_currency=quote, clock=clock, name="paper")
+
+async def reference_prices(broker: BaseBroker, given: dict[str, float], signals: list[dict]) -> dict[str, float]:
+    """The venue's last prices of the signals' symbols when the broker can tell them
+    (``get_last_prices``), else the prices given to the flow."""
+    get_last_prices = getattr(broker, "get_last_prices", None)
+    if get_last_prices is None:
+        return given
+    symbols = sorted({str(s.get("symbol", "")).upper() for s in signals} - {""})
+    return await get_last_prices(symbols)
+
+
+def opening_book(account: AccountInfo, quote: str, prices: dict[str, float]) -> Book:
+    """The book as the broker's account stands: the quote balance as cash, and what is
+    held of each traded symbol's base currency (valued at its reference price)."""
+    book = Book(cash=account.balances.get(quote, 0.0), quote_currency=quote)
     for symbol, price in prices.items():
-        broker.set_price(symbol, price)
-    return broker
+        base, _, symbol_quote = symbol.partition("/")
+        held = account.balances.get(base, 0.0)
+        if symbol_quote == quote and held > 0:
+            book.positions[symbol] = held
+            book.cost_basis[symbol] = held * price
+            book.last_price[symbol] = price
+    book.start_equity = book.equity()
+    return book
 
 
 def live_summary(reports: pd.DataFrame, ctx: ExecutionContext) -> dict:
@@ -50,28 +72,38 @@ def last_prices(prices: dict[str, float], now: pd.Timestamp) -> MarketData:
 async def live_execution(signals: list[dict], prices: dict[str, float] | None = None, cash: float = 10_000.0,
                          quote: str = "USDT", database_url: str | None = None) -> dict:
     """Run ``signals`` (records with timestamp, symbol, side, quantity, ...) through the
-    eight steps against the paper broker on the wall clock."""
+    eight steps against the configured broker (``TRADPAL_BROKER``; the paper broker on
+    the wall clock by default). The run first reconciles the ledger with the broker.
+    ``prices`` and ``cash`` only matter for the paper broker; a venue's reference
+    prices come from its tickers and its cash from its account."""
     prices = {k.upper(): float(v) for k, v in (prices or {}).items()}
-    ledger = Ledger(database_url or load_settings().ledger_url())
-    run_id = uuid.uuid4().hex
-    ledger.start_run("live", {"signals": len(signals), "prices": prices}, run_id=run_id,
-                     flow_run_id=str(flow_run.id) if flow_run.id else None)
+    settings = load_settings()
+    ledger = Ledger(database_url or settings.ledger_url())
     clock = WallClock()
-    broker = paper_broker(cash, quote, prices, clock)
-    ctx = ExecutionContext(broker=broker, clock=clock, config=PipelineConfig(), market=last_prices(prices, clock.now()),
-                           book=Book(cash=cash, quote_currency=quote), recorder=None, run_id=run_id,
-                           namespace="live", strategy="live")
-    ctx.recorder = LedgerRecorder(ledger, run_id=run_id, namespace="live", venue=broker.name)
-    ctx.alerter = alerter_from_env()
-    ctx.config = PipelineConfig(rules={s: ctx.config.default_rules for s in prices})
+    broker = make_broker(settings, cash=cash, quote=quote, prices=prices, clock=clock)
+    run_id = uuid.uuid4().hex
+    ledger.start_run("live", {"signals": len(signals), "prices": prices, "venue": broker.name}, run_id=run_id,
+                     flow_run_id=str(flow_run.id) if flow_run.id else None)
     try:
+        await broker.connect()
+        await reconcile_task(ledger, broker, run_id)
+        prices = await reference_prices(broker, prices, signals)
+        book = opening_book(await broker.get_account_info(), quote, prices)
+        ctx = ExecutionContext(broker=broker, clock=clock, config=PipelineConfig(),
+                               market=last_prices(prices, clock.now()), book=book, recorder=None, run_id=run_id,
+                               namespace="live", strategy="live")
+        ctx.recorder = LedgerRecorder(ledger, run_id=run_id, namespace="live", venue=broker.name)
+        ctx.alerter = alerter_from_env()
+        ctx.config = PipelineConfig(rules={s: ctx.config.default_rules for s in prices})
         reports = await run_batch(pd.DataFrame(signals), ctx, call=task_caller("live"))
     except BaseException as exc:
         ledger.finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
         raise
+    finally:
+        await broker.close()
     summary = live_summary(reports, ctx)
-    create_markdown_artifact(key="live-summary", markdown=summary["markdown"])
-    create_table_artifact(key="live-executions", table=[
+    await create_markdown_artifact(key="live-summary", markdown=summary["markdown"])
+    await create_table_artifact(key="live-executions", table=[
         {"signal_id": r.signal_id, "symbol": r.symbol, "side": r.side, "type": r.exec_type,
          "quantity": r.quantity, "price": r.price, "fee": r.fee, "slippage_bps": r.slippage_bps}
         for r in reports.itertuples()])

@@ -39,11 +39,20 @@ def publish_task(summary: dict, reports: pd.DataFrame, out_dir: str | None, equi
 
 
 @flow(name="paper-replay", persist_result=False)
-async def paper_replay(ohlcv: str, signals: str, symbol: str, cash: float = 10_000.0, fee_rate: float = 0.001,
+async def paper_replay(ohlcv: str, signals: str, symbol: str, cash: float = 10_000.0, fee_rate: float | None = None,
                        slippage_bps: float = 0.0, out: str | None = None, database_url: str | None = None,
-                       chunk_signals: int | None = None, risk_config: str | None = None) -> dict:
-    """Replay ``signals`` against the bars in ``ohlcv``; returns the summary."""
-    params = ReplayParams(ohlcv, signals, symbol, cash, fee_rate, slippage_bps, out, chunk_signals, risk_config)
+                       chunk_signals: int | None = None, risk_config: str | None = None,
+                       fill_model: str = "next-open", slippage_model: str = "fixed", impact_k: float | None = None,
+                       participation: float | None = None, latency_ms: float = 0.0, venue: str | None = None,
+                       seed: int | None = None, markets: dict[str, str] | None = None) -> dict:
+    """Replay ``signals`` against the bars in ``ohlcv``; returns the summary. Several
+    symbols: ``markets`` {symbol: file} (``ohlcv`` and ``symbol`` then ""). ``fee_rate``
+    None: the ``venue``'s maker/taker fees, or 0.001 without a venue. The simulator's
+    options: see `tradpal.replay`."""
+    params = ReplayParams(ohlcv, signals, symbol, cash, fee_rate, slippage_bps, out, chunk_signals, risk_config,
+                          fill_model=fill_model, slippage_model=slippage_model, impact_k=impact_k,
+                          participation=participation, latency_ms=latency_ms, venue=venue, seed=seed,
+                          markets=tuple((markets or {}).items()))
     inputs = load_inputs_task(params)
     ledger = Ledger(database_url or load_settings().ledger_url())
     result = await run_replay(params, inputs, ledger, caller=task_caller,

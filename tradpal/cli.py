@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="write metrics.json, report.html and Data Docs here (shadow.csv with --shadow)")
     a.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
 
+    au = sub.add_parser("audit", help="a signal's whole lineage: Prefect runs, steps, orders, fills, alerts")
+    au.add_argument("signal_id")
+    au.add_argument("--namespace", help="live, or replay:RUN_ID (default: every namespace holding the id)")
+    au.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
+
     rk = sub.add_parser("risk", help="risk configuration: print an example, or check a file")
     rk_sub = rk.add_subparsers(dest="risk_command", required=True, metavar="ACTION", parser_class=_Parser)
     rk_sub.add_parser("example", help="print a complete, commented example configuration")
@@ -92,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--cash", type=_number(float), default=10_000.0)
     lv.add_argument("--quote", default="USDT", help="quote currency of the paper account")
     _common(lv, chunks=False)
+    from tradpal.emulator_cli import add_parser as _emulator_parser
+
+    _emulator_parser(sub)
     return p
 
 
@@ -366,7 +374,24 @@ def _breakers(args) -> int:
     return 0
 
 
-COMMANDS = {"risk": cmd_risk, "replay": cmd_replay, "demo": cmd_demo, "analytics": cmd_analytics, "live": cmd_live}
+def cmd_exchange_emulator(args) -> int:
+    from tradpal.emulator_cli import cmd_exchange_emulator as run
+
+    return run(args)
+
+
+def cmd_audit(args) -> int:
+    from tradpal.audit import lineage_text
+    from tradpal.config import load_settings
+    from tradpal.ledger import Ledger
+
+    _prepare_prefect()
+    print(lineage_text(Ledger(args.database_url or load_settings().ledger_url()), args.signal_id, args.namespace))
+    return 0
+
+
+COMMANDS = {"audit": cmd_audit, "risk": cmd_risk, "replay": cmd_replay, "demo": cmd_demo, "analytics": cmd_analytics, "live": cmd_live,
+            "exchange-emulator": cmd_exchange_emulator}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path(".tradpal")
+BROKERS = ("paper", "ccxt")
 
 
 class Settings(BaseSettings):
@@ -16,13 +17,27 @@ class Settings(BaseSettings):
 
     home: Path = Field(DEFAULT_HOME, description="where the default ledger and run outputs live")
     database_url: str | None = Field(None, description="SQLAlchemy URL of the ledger (default: SQLite in home)")
-    broker: str = Field("paper", description="broker for live_execution: paper")
+    broker: str = Field("paper", description="broker for live_execution: paper or ccxt")
+    exchange: str = Field("binance", description="ccxt exchange id (broker ccxt)")
+    exchange_url: str | None = Field(None, description="base URL replacing the venue's API host (e.g. the emulator)")
+    sandbox: bool = Field(False, description="use the venue's testnet / sandbox (broker ccxt)")
+    api_key: SecretStr | None = Field(None, description="venue API key (prefer a Prefect Secret block)")
+    api_secret: SecretStr | None = Field(None, description="venue API secret (prefer a Prefect Secret block)")
+    api_key_block: str | None = Field(None, description="name of the Prefect Secret block holding the API key")
+    api_secret_block: str | None = Field(None, description="name of the Prefect Secret block holding the API secret")
 
     @field_validator("broker")
     @classmethod
     def _known_broker(cls, v: str) -> str:
-        if v not in ("paper",):
-            raise ValueError(f"unknown broker {v!r} (available: paper)")
+        if v not in BROKERS:
+            raise ValueError(f"unknown broker {v!r} (available: {', '.join(BROKERS)})")
+        return v
+
+    @field_validator("exchange_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http(s) URL, got {v!r}")
         return v
 
     def ledger_url(self) -> str:

@@ -1,5 +1,23 @@
 """Paper replay, as plain functions: check the inputs, plan the batches, build the
-context, and summarise. The `paper_replay` flow calls these around its eight tasks."""
+context, and summarise. The `paper_replay` flow calls these around its eight tasks.
+
+The simulator's options (``ReplayParams``; defaults = the basic `next-open` contract,
+output unchanged): ``fill_model`` (next-open | close | vwap-bar), ``slippage_model``
+(fixed | volatility | sqrt-impact, with ``impact_k``), ``participation``, ``latency_ms``,
+``venue`` (fee schedule), ``seed``, and ``markets`` (several symbols on one account).
+The *advanced model* is a slippage model other than ``fixed``: it caps each bar at
+``participation`` (default 10 %) of its volume and makes limit orders trade through.
+See ``brokers/paper`` (broker, fills, slippage, venues) for the rules.
+
+Multi-symbol (``markets``, two or more): one cash account in one quote currency, bars
+merged on time, each signal routed by its ``symbol``; ``equity.csv`` marks every position
+at its symbol's last close; ``fills.csv`` gains a last column ``symbol``; the summary
+gains ``symbols`` and ``final_positions`` (``final_position`` is then null).
+
+Determinism: every model is deterministic, so ``seed`` (accepted, recorded) changes
+nothing today; the same inputs give byte-identical ``fills.csv`` and ``equity.csv``, and a
+``summary.json`` that differs only in the run's identity (``run_id``, ``flow_run_id``).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +32,9 @@ import pandas as pd
 
 from brokers.base.clock import SimulatedClock
 from brokers.paper import PaperBroker
+from brokers.paper.fills import FILL_MODELS
+from brokers.paper.slippage import SLIPPAGE_MODELS, slippage_model
+from brokers.paper.venues import FeeSchedule, fee_schedule
 from tasks.context import Book, ExecutionContext, MarketData, PipelineConfig, SizingConfig
 from tradpal.errors import InputError
 from tradpal.io import load_ohlcv, load_signals
@@ -25,11 +46,19 @@ class ReplayParams:
     signals: str
     symbol: str
     cash: float = 10_000.0
-    fee_rate: float = 0.001
+    fee_rate: float | None = None  # maker and taker; None: the venue's, or 0.001 without a venue
     slippage_bps: float = 0.0
     out: str | None = None
     chunk_signals: int | None = None  # default: 500; 1 with a risk config (limits see every fill)
     risk_config: str | None = None
+    fill_model: str = "next-open"
+    slippage_model: str = "fixed"
+    impact_k: float | None = None  # k of the volatility / sqrt-impact model (None: its default)
+    participation: float | None = None  # cap per bar; None: 10 % (advanced model) or unlimited
+    latency_ms: float = 0.0
+    venue: str | None = None  # a fee schedule: binance, kraken, ... or custom:MAKER:TAKER
+    seed: int | None = None  # for random components; every model is deterministic today
+    markets: tuple[tuple[str, str], ...] = ()  # (symbol, file) pairs; replaces ohlcv + symbol
 
     @property
     def batch_size(self) -> int:
@@ -37,24 +66,116 @@ class ReplayParams:
             return self.chunk_signals
         return 1 if self.risk_config else 500
 
+    @property
+    def feeds(self) -> tuple[tuple[str, str], ...]:
+        """(symbol, OHLCV file) of every market replayed."""
+        return tuple(self.markets) or ((self.symbol, self.ohlcv),)
+
+    @property
+    def multi(self) -> bool:
+        return len(self.feeds) > 1
+
+    @property
+    def advanced(self) -> bool:
+        """The advanced model: a slippage model other than fixed bps."""
+        return self.slippage_model != "fixed"
+
+    @property
+    def fees(self) -> FeeSchedule:
+        """Maker and taker fees: ``fee_rate`` for both if given, else the venue's."""
+        if self.fee_rate is not None:
+            return FeeSchedule(self.venue or "custom", self.fee_rate, self.fee_rate)
+        return fee_schedule(self.venue) if self.venue else FeeSchedule("default", 0.001, 0.001)
+
+    @property
+    def max_participation(self) -> float | None:
+        if self.participation is not None:
+            return self.participation
+        return 0.1 if self.advanced else None
+
     def check(self) -> None:
-        if "/" not in self.symbol:
-            raise InputError(f"--symbol: expected BASE/QUOTE, got {self.symbol!r}")
+        for symbol, _ in self.feeds:
+            if "/" not in symbol:
+                flag = "--ohlcv" if self.markets else "--symbol"
+                raise InputError(f"{flag}: expected BASE/QUOTE, got {symbol!r}")
         if not self.cash > 0:
             raise InputError(f"--cash: must be > 0, got {self.cash}")
-        if not 0 <= self.fee_rate < 1:
+        if self.fee_rate is not None and not 0 <= self.fee_rate < 1:
             raise InputError(f"--fee-rate: must be in [0, 1), got {self.fee_rate}")
         if not 0 <= self.slippage_bps < 10_000:
             raise InputError(f"--slippage-bps: must be in [0, 10000), got {self.slippage_bps}")
         if self.chunk_signals is not None and self.chunk_signals < 1:
             raise InputError(f"chunk_signals: must be >= 1, got {self.chunk_signals}")
+        self._check_models()
+        self._check_markets()
+
+    def _check_models(self) -> None:
+        if self.fill_model not in FILL_MODELS:
+            raise InputError(f"--fill-model: expected one of {', '.join(FILL_MODELS)}, got {self.fill_model!r}")
+        if self.slippage_model not in SLIPPAGE_MODELS:
+            raise InputError(f"--slippage-model: expected one of {', '.join(SLIPPAGE_MODELS)}, "
+                             f"got {self.slippage_model!r}")
+        if self.slippage_bps and self.advanced:
+            raise InputError(f"--slippage-bps: applies to --slippage-model fixed only, not {self.slippage_model}")
+        if self.impact_k is not None and not self.advanced:
+            raise InputError("--impact-k: needs --slippage-model volatility or sqrt-impact")
+        if self.impact_k is not None and not 0 < self.impact_k < float("inf"):
+            raise InputError(f"--impact-k: must be > 0, got {self.impact_k}")
+        if self.participation is not None and not 0 < self.participation <= 1:
+            raise InputError(f"--participation: must be in (0, 1], got {self.participation}")
+        if not 0 <= self.latency_ms < float("inf"):
+            raise InputError(f"--latency-ms: must be >= 0, got {self.latency_ms}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise InputError(f"--seed: must be an integer in [0, 2**63), got {self.seed}")
+        if self.venue is not None:
+            try:
+                fee_schedule(self.venue)
+            except ValueError as exc:
+                raise InputError(f"--venue: {exc}") from None
+
+    def _check_markets(self) -> None:
+        symbols = [symbol for symbol, _ in self.feeds]
+        repeated = sorted({s for s in symbols if symbols.count(s) > 1})
+        if repeated:
+            raise InputError(f"--ohlcv: symbol {repeated[0]} given more than once")
+        quotes = sorted({quote_of(s) for s in symbols})
+        if len(quotes) > 1:
+            raise InputError(f"--ohlcv: every symbol must share one quote currency (one cash account), "
+                             f"got {', '.join(quotes)}")
 
 
 @dataclass
 class ReplayInputs:
-    bars: pd.DataFrame
+    bars: pd.DataFrame  # the (first) market's bars
     signals: pd.DataFrame
     risk: object = None  # risk.config.RiskConfig
+    markets: dict[str, pd.DataFrame] | None = None  # every market's bars, by symbol (multi-symbol)
+
+    def span(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """The first and the last bar time over every market."""
+        frames = list(self.markets.values()) if self.markets else [self.bars]
+        return (min(f["timestamp"].iloc[0] for f in frames), max(f["timestamp"].iloc[-1] for f in frames))
+
+
+def bars_by_symbol(params: ReplayParams, inputs: ReplayInputs) -> dict[str, pd.DataFrame]:
+    return inputs.markets if inputs.markets else {params.feeds[0][0]: inputs.bars}
+
+
+def params_record(params: ReplayParams) -> dict:
+    """The parameters as recorded (ledger, summary.json): the basic ones always, the
+    simulator's options only when they differ from their defaults (so that a default
+    replay's summary.json is unchanged)."""
+    record = asdict(params)
+    defaults = ReplayParams("", "", "")
+    for key in ("fill_model", "slippage_model", "impact_k", "participation", "latency_ms", "venue", "seed",
+                "markets"):
+        if record[key] == getattr(defaults, key):
+            del record[key]
+    if "markets" in record:
+        record["markets"] = dict(params.markets)
+    if params.fee_rate is None and params.venue is None:
+        record["fee_rate"] = params.fees.taker
+    return record
 
 
 def load_inputs(params: ReplayParams) -> ReplayInputs:
@@ -63,10 +184,10 @@ def load_inputs(params: ReplayParams) -> ReplayInputs:
 
     params.check()
     risk = load_risk_config(params.risk_config) if params.risk_config else None
-    bars = load_ohlcv(params.ohlcv)
+    markets = {symbol: load_ohlcv(path) for symbol, path in params.feeds}
     signals = load_signals(params.signals)
     signals["received_at"] = signals["timestamp"]  # in a replay a signal arrives at its own time
-    return ReplayInputs(bars, signals, risk)
+    return ReplayInputs(next(iter(markets.values())), signals, risk, markets if params.multi else None)
 
 
 def quote_of(symbol: str) -> str:
@@ -75,16 +196,21 @@ def quote_of(symbol: str) -> str:
 
 def build_context(params: ReplayParams, inputs: ReplayInputs, *, recorder, run_id: str) -> ExecutionContext:
     """Paper broker on a simulated clock; the broker enforces cash at fill time."""
-    clock = SimulatedClock(start=inputs.bars["timestamp"].iloc[0] - pd.Timedelta(days=1))
-    quote = quote_of(params.symbol)
-    broker = PaperBroker(cash=params.cash, quote_currency=quote, maker_fee=params.fee_rate,
-                         taker_fee=params.fee_rate, slippage_bps=params.slippage_bps, clock=clock,
-                         name=f"paper:{run_id}")
-    broker.add_market_data(params.symbol, inputs.bars)
+    clock = SimulatedClock(start=inputs.span()[0] - pd.Timedelta(days=1))
+    quote = quote_of(params.feeds[0][0])
+    fees = params.fees
+    broker = PaperBroker(cash=params.cash, quote_currency=quote, maker_fee=fees.maker, taker_fee=fees.taker,
+                         slippage_bps=params.slippage_bps, clock=clock, name=f"paper:{run_id}",
+                         slippage=slippage_model(params.slippage_model, bps=params.slippage_bps, k=params.impact_k),
+                         fill_model=params.fill_model, latency_ms=params.latency_ms,
+                         max_participation=params.max_participation, trade_through=params.advanced)
+    markets = bars_by_symbol(params, inputs)
+    for symbol, bars in markets.items():
+        broker.add_market_data(symbol, bars)
     config = PipelineConfig(sizing=SizingConfig("signal"), check_balance=False, order_timeout_s=None,
                             max_price_deviation=1.0, risk=inputs.risk)
     return ExecutionContext(broker=broker, clock=clock, config=config,
-                            market=MarketData({params.symbol: inputs.bars}),
+                            market=MarketData(markets),
                             book=Book(cash=params.cash, quote_currency=quote), recorder=recorder,
                             run_id=run_id, namespace=f"replay:{run_id}", strategy="replay")
 
@@ -111,7 +237,7 @@ def plan_batches(inputs: ReplayInputs, chunk_signals: int) -> list[Batch]:
         if cut >= len(sig):
             break
         cuts.append(cut)
-    end = inputs.bars["timestamp"].iloc[-1]
+    end = inputs.span()[1]
     batches = []
     for i, start in enumerate(cuts):
         stop = cuts[i + 1] if i + 1 < len(cuts) else len(sig)
@@ -149,26 +275,31 @@ def iso_utc(stamps: pd.Series):
     return pc.binary_join_element_wise(text, "Z", "").to_numpy(zero_copy_only=False)
 
 
-def fills_table(reports: pd.DataFrame) -> pd.DataFrame:
+def fills_table(reports: pd.DataFrame, with_symbol: bool = False) -> pd.DataFrame:
+    """fills.csv's rows; ``with_symbol`` (multi-symbol replays) adds a last column ``symbol``."""
     fills = reports[reports["quantity"] > 0]
-    return pd.DataFrame({
+    table = pd.DataFrame({
         "timestamp": iso_utc(fills["timestamp"]),
         "signal_id": fills["signal_id"].astype(str), "side": fills["side"].astype(str),
         "quantity": fills["quantity"].astype("float64"), "price": fills["price"].astype("float64"),
         "fee": fills["fee"].astype("float64"),
     })
+    if with_symbol:
+        table["symbol"] = fills["symbol"].astype(str).to_numpy()
+    return table
 
 
 def summarize(params: ReplayParams, inputs: ReplayInputs, ctx: ExecutionContext, reports: pd.DataFrame) -> dict:
     book = ctx.book
+    symbol = params.feeds[0][0]
     last_close = float(inputs.bars["close"].iloc[-1])
-    position = float(book.positions.get(params.symbol, 0.0))
+    position = float(book.positions.get(symbol, 0.0))
     curve = equity_curve(ctx)
     fills = reports[reports["quantity"] > 0]
     unfilled = int(((reports["exec_type"] == "CANCELED") & (reports["quantity"] == 0)).sum())
     rejected = int(sum(v for k, v in ctx.counts.items() if k.endswith(".rejected")))
-    return {
-        "symbol": params.symbol,
+    summary = {
+        "symbol": symbol,
         "bars": len(inputs.bars),
         "signals": len(inputs.signals),
         "n_fills": len(fills),
@@ -176,7 +307,7 @@ def summarize(params: ReplayParams, inputs: ReplayInputs, ctx: ExecutionContext,
         "unfilled": unfilled,
         "total_fees": float(fills["fee"].sum()),
         "realized_pnl": float(book.realized_pnl),
-        "unrealized_pnl": position * last_close - float(book.cost_basis.get(params.symbol, 0.0)),
+        "unrealized_pnl": position * last_close - float(book.cost_basis.get(symbol, 0.0)),
         "initial_cash": params.cash,
         "final_cash": float(book.cash),
         "final_position": position,
@@ -185,7 +316,29 @@ def summarize(params: ReplayParams, inputs: ReplayInputs, ctx: ExecutionContext,
         "breaches": ctx.breaches,
         "halted": any(b["rule"] in ("max_drawdown", "max_daily_loss", "loss_limit") for b in ctx.breaches),
         "quote_currency": book.quote_currency,
-        "params": asdict(params),
+        "params": params_record(params),
+    }
+    if params.multi:
+        summary.update(_multi_summary(inputs.markets or {}, book))
+    if params.venue is not None:
+        fees = params.fees
+        summary["fees"] = {"venue": fees.venue, "maker": fees.maker, "taker": fees.taker}
+    return summary
+
+
+def _multi_summary(markets: dict[str, pd.DataFrame], book: Book) -> dict:
+    """The per-symbol part of a multi-symbol summary: positions marked at each symbol's last close."""
+    last = {s: float(bars["close"].iloc[-1]) for s, bars in markets.items()}
+    held = {s: float(book.positions.get(s, 0.0)) for s in markets}
+    return {
+        "symbol": ",".join(markets),
+        "symbols": list(markets),
+        "bars": int(sum(len(bars) for bars in markets.values())),
+        "final_position": None,
+        "final_positions": held,
+        "last_close": last,
+        "unrealized_pnl": sum(held[s] * last[s] - float(book.cost_basis.get(s, 0.0)) for s in markets),
+        "final_equity": float(book.cash + sum(held[s] * last[s] for s in markets)),
     }
 
 
@@ -217,13 +370,14 @@ def write_numeric_csv(frame: pd.DataFrame, path: Path) -> None:
 
 
 def write_outputs(out_dir: str | Path, reports: pd.DataFrame, summary: dict, equity: pd.DataFrame) -> list[Path]:
-    """fills.csv, equity.csv and summary.json, each written atomically."""
-    out = Path(out_dir)
+    """fills.csv, equity.csv and summary.json, each written atomically (absolute paths returned)."""
+    out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     eq = pd.DataFrame({"timestamp": iso_utc(equity["timestamp"]), **{c: equity[c].astype("float64")
                        for c in ("cash", "position_value", "equity")}})
     paths = [out / "fills.csv", out / "equity.csv", out / "summary.json"]
-    _atomic(paths[0], lambda tmp: fills_table(reports).to_csv(tmp, index=False))  # floats round-trip exactly
+    multi = len(summary.get("symbols", ())) > 1
+    _atomic(paths[0], lambda tmp: fills_table(reports, multi).to_csv(tmp, index=False))  # floats round-trip exactly
     write_numeric_csv(eq, paths[1])
     text = json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n"
     _atomic(paths[2], lambda tmp: Path(tmp).write_text(text))
@@ -248,7 +402,7 @@ async def run_replay(params: ReplayParams, inputs: ReplayInputs, ledger, *, call
     from tasks.recorder import LedgerRecorder
 
     run_id = uuid.uuid4().hex
-    ledger.start_run("replay", asdict(params), run_id=run_id, flow_run_id=flow_run_id)
+    ledger.start_run("replay", params_record(params), run_id=run_id, flow_run_id=flow_run_id)
     ctx = build_context(params, inputs, recorder=None, run_id=run_id)
     ctx.recorder = LedgerRecorder(ledger, run_id=run_id, namespace=ctx.namespace, venue=ctx.venue)
     ctx.alerter = alerter_from_env(inputs.risk)

@@ -84,6 +84,7 @@ class Fill:
     is_maker: bool = False
     reference_price: float | None = None  # the model's price before slippage
     trade_id: str | None = None  # the venue's execution id (None: derived from order id and sequence)
+    slippage_bps: float | None = None  # price vs reference_price in bps, + = against us (None: unknown)
 
 
 @dataclass(frozen=True)

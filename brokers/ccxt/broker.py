@@ -47,6 +47,7 @@ from brokers.base.types import (
     OrderType,
     Position,
     Side,
+    TimeInForce,
 )
 from brokers.ccxt.errors import DuplicateClientOrderIdError, mapped_errors, redact
 from brokers.ccxt.profiles import VenueProfile, profile_for
@@ -98,6 +99,28 @@ def describe(order: Order) -> str:
     return (
         f"{order.side.value} {order.quantity!r} {order.symbol} {order.order_type.value} "
         f"{order.time_in_force.value}{price}{stop}, order {order.client_order_id}"
+    )
+
+
+def _as_order(raw: Mapping[str, Any], client_order_id: str) -> Order:
+    """A ccxt order (as fetched) as the ``Order`` it is."""
+    trigger = raw.get("triggerPrice") or raw.get("stopPrice") or None
+    kind = str(raw.get("type") or "market").lower()
+    if trigger:
+        order_type = OrderType.STOP_LIMIT if "limit" in kind else OrderType.STOP
+    else:
+        order_type = OrderType.LIMIT if "limit" in kind else OrderType.MARKET
+    tif = str(raw.get("timeInForce") or "GTC").upper()
+    return Order(
+        symbol=str(raw["symbol"]),
+        side=Side(str(raw.get("side") or "buy").lower()),
+        order_type=order_type,
+        quantity=float(raw.get("amount") or 0.0),
+        client_order_id=client_order_id,
+        price=float(raw["price"]) if raw.get("price") and order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT) else None,
+        stop_price=float(trigger) if trigger else None,
+        time_in_force=TimeInForce(tif) if tif in TimeInForce.__members__ else TimeInForce.GTC,
+        placed_at=_when(raw.get("timestamp")),
     )
 
 
@@ -315,6 +338,37 @@ class CcxtBroker(BaseBroker):
         except OrderNotFoundError:
             return None
         return await self._result(raw, symbol)
+
+    # ------------------------------------------------------------------ capabilities (not in BaseBroker)
+
+    async def get_last_prices(self, symbols: Sequence[str]) -> dict[str, float]:
+        """The last traded price of each of ``symbols`` the venue lists (reference prices
+        for a live run); symbols it does not list, or without a last price, are left out."""
+        markets = self.exchange.markets or {}
+        prices: dict[str, float] = {}
+        for symbol in dict.fromkeys(symbols):
+            if symbol not in markets:
+                continue
+            with self._guard(f"fetch ticker {symbol}"):
+                ticker = await self.exchange.fetch_ticker(symbol)
+            last = ticker.get("last") or ticker.get("close")
+            if last:
+                prices[symbol] = float(last)
+        return prices
+
+    async def get_open_orders(self, symbol: str | None = None) -> list[tuple[Order, OrderResult]]:
+        """Every order open at the venue (on ``symbol``, or on all symbols), each as the
+        order it is (symbol, side, type, quantity, prices, client id) and its state."""
+        exchange = self.exchange
+        if symbol is None:
+            exchange.options["warnOnFetchOpenOrdersWithoutSymbol"] = False
+        with self._guard(f"fetch open orders{f' on {symbol}' if symbol else ''}"):
+            raws = await exchange.fetch_open_orders(symbol)
+        out = []
+        for raw in raws:
+            result = await self._result(raw, str(raw["symbol"]))
+            out.append((_as_order(raw, result.client_order_id), result))
+        return out
 
     # ------------------------------------------------------------------ helpers
 

@@ -12,6 +12,26 @@ The clock chooses the mode:
 
 Fees are charged in the quote currency; positions are spot only (no shorts, no
 negative cash): a fill the account cannot pay is refused, never clipped.
+
+Options (the defaults reproduce the basic simulator exactly):
+
+* ``slippage``: a model of ``brokers.paper.slippage`` (default ``FixedBps(slippage_bps)``),
+  applied to market and stop fills once the fill quantity is known; each ``Fill``
+  records the model's ``reference_price`` and the ``slippage_bps`` it applied.
+* ``fill_model`` of market orders (replay): ``next-open`` fills at the open of the
+  first bar strictly after the eligible time; ``vwap-bar`` at the typical price
+  (h + l + c) / 3 of that same bar; ``close`` at the close of the bar that *contains*
+  the eligible time ``e`` -- the last bar whose timestamp is <= ``e`` (the first bar if
+  ``e`` is before every bar) -- stamped ``e`` (or that bar's time if later); what a
+  participation cap leaves over fills at the closes of the following bars.
+* ``latency_ms`` (replay): an order placed at ``t`` is eligible at ``e = t + latency``:
+  only bars whose timestamp is strictly after ``e`` can fill it (``close``: the bar
+  containing ``e``), so it may miss the bar it was meant for. Live mode ignores it.
+* ``trade_through``: limit orders (and a triggered stop-limit's limit) fill only when
+  the price goes through the limit, not on a touch (``fills`` module, ``strict``).
+* ``max_participation``: a cap per bar as a fraction of its volume, shared by the
+  orders filling on that bar; GTC remainders fill on the following bars, IOC cancels
+  the remainder, FOK expires untouched.
 """
 
 from __future__ import annotations
@@ -35,8 +55,9 @@ from brokers.base.types import (
     Side,
     TimeInForce,
 )
-from brokers.paper.fills import INF, Bar, Evaluation, Quote, after_trigger, evaluate
+from brokers.paper.fills import FILL_MODELS, INF, Bar, Evaluation, Quote, after_trigger, evaluate
 from brokers.paper.market import BarSeries
+from brokers.paper.slippage import FixedBps, SlippageModel, slip
 
 CASH_TOLERANCE = 1e-9  # relative: a buy may cost cash * (1 + 1e-9)
 POSITION_TOLERANCE = 1e-12  # absolute: a sell may exceed the position by 1e-12
@@ -46,6 +67,12 @@ NO_TIME = -(2**63)  # before every bar
 def _num(x: float) -> str:
     """A float for messages: 12 significant digits, Python's shortest repr."""
     return repr(float(f"{x:.12g}"))
+
+
+def _slippage_bps(side: Side, quote: Quote) -> float:
+    """How far the fill price is from the model's price, in bps, against the trader."""
+    moved = quote.price / quote.reference_price - 1
+    return (moved if side is Side.BUY else -moved) * 1e4
 
 
 def _describe(order: Order) -> str:
@@ -92,6 +119,7 @@ class _OrderState:
     fills: list[Fill] = field(default_factory=list)
     version: int = 0  # bumped whenever the scheduled event is replaced or dropped
     next_bar: int = -1
+    evaluated: bool = False  # a bar has been applied to it (fill model close: its first bar is done)
 
     def result(self, currency: str) -> OrderResult:
         """The order as the venue reports it now."""
@@ -125,16 +153,28 @@ class PaperBroker(BaseBroker):
         clock: WallClock | SimulatedClock | None = None,
         max_participation: float | None = None,
         name: str = "paper",
+        slippage: SlippageModel | None = None,
+        fill_model: str = "next-open",
+        latency_ms: float = 0.0,
+        trade_through: bool = False,
     ) -> None:
         if cash < 0:
             raise ValueError(f"cash must be >= 0, got {cash}")
         if max_participation is not None and not 0 < max_participation <= 1:
             raise ValueError(f"max_participation must be in (0, 1], got {max_participation}")
+        if fill_model not in FILL_MODELS:
+            raise ValueError(f"fill_model must be one of {', '.join(FILL_MODELS)}, got {fill_model!r}")
+        if not 0 <= latency_ms < float("inf"):
+            raise ValueError(f"latency_ms must be >= 0, got {latency_ms}")
         self.name = name
         self.quote_currency = quote_currency
         self.maker_fee = maker_fee
         self.taker_fee = taker_fee
         self.slippage_bps = slippage_bps
+        self.slippage: SlippageModel = slippage if slippage is not None else FixedBps(slippage_bps)
+        self.fill_model = fill_model
+        self.latency_ns = round(latency_ms * 1_000_000)
+        self.trade_through = trade_through
         self.max_participation = max_participation
         self.clock: WallClock | SimulatedClock = clock if clock is not None else WallClock()
         self.connected = False
@@ -281,7 +321,7 @@ class PaperBroker(BaseBroker):
             order=order,
             order_id=f"paper-{self._seq}",
             seq=self._seq,
-            after_ns=placed.value,
+            after_ns=placed.value + (self.latency_ns if self._replay else 0),
             updated_at=placed,
             remaining=order.quantity,
             mode=order.order_type,
@@ -298,10 +338,9 @@ class PaperBroker(BaseBroker):
         if price is None:
             raise InvalidOrderError(f"no price yet for {order.symbol} ({_describe(order)})")
         bar = Bar.flat(price)
-        quote = evaluate(
-            order.order_type, order.side, order.price, order.stop_price, bar, self.slippage_bps
-        ).quote
+        quote = self._evaluate(order, order.order_type, bar).quote
         if quote is not None:
+            quote = self._slipped(order.side, quote, bar, order.quantity)
             problem = self._funds_problem(
                 order, order.quantity, quote.price, self._fee(order.quantity, quote)
             )
@@ -331,16 +370,26 @@ class PaperBroker(BaseBroker):
         series = self._series.get(state.order.symbol)
         if not self._replay or series is None:
             return
-        start = series.index_after(max(state.after_ns, self._processed_ns))
         order = state.order
+        if self.fill_model == "close" and state.mode is OrderType.MARKET and not state.evaluated:
+            bar = max(series.index_after(state.after_ns) - 1, 0)  # the bar containing the eligible time
+            if len(series):
+                self._push(state, bar, max(state.after_ns, int(series.ts[bar])))
+            return
+        start = series.index_after(max(state.after_ns, self._processed_ns))
         if order.time_in_force is TimeInForce.GTC:
-            bar = series.first_event(start, state.mode, order.side, order.price, order.stop_price)
+            bar = series.first_event(
+                start, state.mode, order.side, order.price, order.stop_price, self.trade_through
+            )
         else:
             bar = start if start < len(series) else None
-        if bar is None:
-            return
+        if bar is not None:
+            self._push(state, bar, int(series.ts[bar]))
+
+    def _push(self, state: _OrderState, bar: int, at_ns: int) -> None:
+        """Schedule ``state`` on bar ``bar``, processed (and stamped) at ``at_ns``."""
         state.next_bar = bar
-        heapq.heappush(self._heap, (int(series.ts[bar]), state.seq, state.version, state.order_id))
+        heapq.heappush(self._heap, (at_ns, state.seq, state.version, state.order_id))
 
     def _on_clock(self, t: pd.Timestamp) -> None:
         """Clock listener: process every scheduled event on a bar at or before ``t``."""
@@ -349,13 +398,14 @@ class PaperBroker(BaseBroker):
             return
         heap = self._heap
         while heap and heap[0][0] <= t_ns:
-            _, _, version, order_id = heapq.heappop(heap)
+            at_ns, _, version, order_id = heapq.heappop(heap)
             state = self._orders[order_id]
             if state.version != version or state.status.is_terminal:
                 continue
             series = self._series[state.order.symbol]
             bar_index = state.next_bar
-            self._execute(state, series.bar(bar_index), series.timestamp(bar_index), bar_index)
+            self._execute(state, series.bar(bar_index), pd.Timestamp(at_ns, tz="UTC"), bar_index)
+            state.evaluated = True
             if not state.status.is_terminal:
                 state.after_ns = int(series.ts[bar_index])
                 self._schedule(state)
@@ -371,7 +421,7 @@ class PaperBroker(BaseBroker):
         """Apply one bar to an open order: fill (in full or in part), refuse, expire, or
         leave it open. ``bar_index`` keys the participation budget (None: live tick)."""
         order = state.order
-        evaluation = evaluate(state.mode, order.side, order.price, order.stop_price, bar, self.slippage_bps)
+        evaluation = self._evaluate(order, state.mode, bar)
         if evaluation.triggered:
             state.mode = after_trigger(state.mode)
         quantity = self._fillable(state, evaluation, bar, bar_index)
@@ -384,7 +434,7 @@ class PaperBroker(BaseBroker):
             if single_bar:
                 self._end_unfilled(state, when)
             return
-        quote = evaluation.quote
+        quote = self._slipped(order.side, evaluation.quote, bar, quantity)
         problem = self._funds_problem(order, quantity, quote.price, self._fee(quantity, quote))
         if problem is not None:
             status = OrderStatus.CANCELED if state.fills else OrderStatus.REJECTED
@@ -397,6 +447,22 @@ class PaperBroker(BaseBroker):
             self._end_unfilled(state, when)
         else:
             state.status = OrderStatus.PARTIALLY_FILLED
+
+    def _evaluate(self, order: Order, mode: OrderType, bar: Bar) -> Evaluation:
+        """The fill rule of ``mode`` on ``bar``, before slippage."""
+        return evaluate(
+            mode, order.side, order.price, order.stop_price, bar, 0.0,
+            fill_model=self.fill_model if self._replay else "next-open",  # live: the last price
+            strict=self.trade_through,
+        )
+
+    def _slipped(self, side: Side, quote: Quote, bar: Bar, quantity: float) -> Quote:
+        """``quote`` moved by the slippage model for a fill of ``quantity`` (if it is a
+        market or stop fill); ``reference_price`` stays the model's price."""
+        if not quote.slippable:
+            return quote
+        price = slip(side, quote.reference_price, self.slippage.fraction(bar, quantity))
+        return Quote(price, quote.reference_price, quote.is_maker, slippable=True)
 
     def _fillable(self, state: _OrderState, evaluation: Evaluation, bar: Bar, bar_index: int | None) -> float:
         """How much of the order may fill on this bar: all of it, or the participation
@@ -465,6 +531,7 @@ class PaperBroker(BaseBroker):
                 timestamp=when,
                 is_maker=quote.is_maker,
                 reference_price=quote.reference_price,
+                slippage_bps=_slippage_bps(order.side, quote),
             )
         )
 

@@ -11,6 +11,21 @@ order state: the broker applies these rules and does the book-keeping.
     STOP sell   triggers when low <= S; reference min(S, open), slipped as market; taker
     STOP_LIMIT  triggers as STOP at T; buy: T <= L fills at T (taker), else low <= L
                 fills at L (maker), else it rests as a LIMIT at L (sell mirrors)
+
+Options of the advanced simulator (defaults: the rules above):
+
+* ``market_price``, the fill model of market orders: ``next-open`` (the bar's open),
+  ``close`` (its close) or ``vwap-bar`` (its typical price (high + low + close) / 3).
+  Which bar is the broker's business (see ``broker``).
+* ``strict`` (limits trade through): a limit fills only when the price goes through
+  it, never on a touch. LIMIT buy: open < L fills at open (taker), else low < L fills
+  at L (maker); sell mirrors (open > L, high > L); a triggered STOP_LIMIT likewise
+  (T < L at T, else low < L at L).
+
+A quote that a slippage model may move (market and stop fills) says so
+(``Quote.slippable``); ``evaluate`` applies ``slippage_bps`` to it, and the broker
+passes 0 and applies its own model (``brokers.paper.slippage``) once the fill quantity
+is known.
 """
 
 from __future__ import annotations
@@ -20,6 +35,7 @@ from dataclasses import dataclass
 from brokers.base.types import OrderType, Side
 
 INF = float("inf")
+FILL_MODELS = ("next-open", "close", "vwap-bar")
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,7 @@ class Quote:
     price: float
     reference_price: float
     is_maker: bool
+    slippable: bool = False  # a taker fill at a model price (market, stop): slippage applies
 
 
 @dataclass(frozen=True)
@@ -62,23 +79,42 @@ def slipped(side: Side, price: float, slippage_bps: float) -> float:
     return price * (1 + factor) if side is Side.BUY else price * (1 - factor)
 
 
-def market_quote(side: Side, bar: Bar, slippage_bps: float) -> Quote:
-    """A market order fills at the bar's open, with slippage, as taker."""
-    return Quote(slipped(side, bar.open, slippage_bps), bar.open, is_maker=False)
+def model_price(bar: Bar, fill_model: str = "next-open") -> float:
+    """Where a market order fills on ``bar`` before slippage, per fill model."""
+    if fill_model == "next-open":
+        return bar.open
+    if fill_model == "close":
+        return bar.close
+    if fill_model == "vwap-bar":
+        return (bar.high + bar.low + bar.close) / 3
+    raise ValueError(f"unknown fill model {fill_model!r} (expected one of {', '.join(FILL_MODELS)})")
 
 
-def limit_quote(side: Side, limit: float, bar: Bar) -> Quote | None:
+def market_quote(side: Side, bar: Bar, slippage_bps: float, fill_model: str = "next-open") -> Quote:
+    """A market order fills at the bar's model price (the open by default), with
+    slippage, as taker."""
+    reference = model_price(bar, fill_model)
+    return Quote(slipped(side, reference, slippage_bps), reference, is_maker=False, slippable=True)
+
+
+def _reaches(price: float, limit: float, strict: bool) -> bool:
+    """``price`` at or beyond ``limit`` (for a buy: at or below); strictly when ``strict``."""
+    return price < limit if strict else price <= limit
+
+
+def limit_quote(side: Side, limit: float, bar: Bar, strict: bool = False) -> Quote | None:
     """A limit order: at the open if the bar opens through the limit (taker), at the
-    limit if the bar trades through it (maker), else no fill. No slippage."""
+    limit if the bar trades through it (maker), else no fill. No slippage. ``strict``:
+    a touch (open, low or high equal to the limit) is not enough."""
     if side is Side.BUY:
-        if bar.open <= limit:
+        if _reaches(bar.open, limit, strict):
             return Quote(bar.open, bar.open, is_maker=False)
-        if bar.low <= limit:
+        if _reaches(bar.low, limit, strict):
             return Quote(limit, limit, is_maker=True)
         return None
-    if bar.open >= limit:
+    if _reaches(-bar.open, -limit, strict):
         return Quote(bar.open, bar.open, is_maker=False)
-    if bar.high >= limit:
+    if _reaches(-bar.high, -limit, strict):
         return Quote(limit, limit, is_maker=True)
     return None
 
@@ -97,19 +133,20 @@ def stop_quote(side: Side, stop: float, bar: Bar, slippage_bps: float) -> Quote 
     trigger = stop_trigger_price(side, stop, bar)
     if trigger is None:
         return None
-    return Quote(slipped(side, trigger, slippage_bps), trigger, is_maker=False)
+    return Quote(slipped(side, trigger, slippage_bps), trigger, is_maker=False, slippable=True)
 
 
-def stop_limit_quote(side: Side, trigger: float, limit: float, bar: Bar) -> Quote | None:
+def stop_limit_quote(side: Side, trigger: float, limit: float, bar: Bar, strict: bool = False) -> Quote | None:
     """A stop-limit on its trigger bar: at the trigger price if within the limit
-    (taker), else at the limit if the bar comes back to it (maker), else no fill."""
+    (taker), else at the limit if the bar comes back to it (maker), else no fill.
+    ``strict``: within / through the limit, not at it."""
     if side is Side.BUY:
-        if trigger <= limit:
+        if _reaches(trigger, limit, strict):
             return Quote(trigger, trigger, is_maker=False)
-        return Quote(limit, limit, is_maker=True) if bar.low <= limit else None
-    if trigger >= limit:
+        return Quote(limit, limit, is_maker=True) if _reaches(bar.low, limit, strict) else None
+    if _reaches(-trigger, -limit, strict):
         return Quote(trigger, trigger, is_maker=False)
-    return Quote(limit, limit, is_maker=True) if bar.high >= limit else None
+    return Quote(limit, limit, is_maker=True) if _reaches(-bar.high, -limit, strict) else None
 
 
 def evaluate(
@@ -119,19 +156,23 @@ def evaluate(
     stop: float | None,
     bar: Bar,
     slippage_bps: float,
+    *,
+    fill_model: str = "next-open",
+    strict: bool = False,
 ) -> Evaluation:
-    """Apply the fill rule of ``mode`` (the order's current type) to one bar."""
+    """Apply the fill rule of ``mode`` (the order's current type) to one bar; see the
+    module docstring for ``fill_model`` and ``strict``."""
     if mode is OrderType.MARKET:
-        return Evaluation(market_quote(side, bar, slippage_bps))
+        return Evaluation(market_quote(side, bar, slippage_bps, fill_model))
     if mode is OrderType.LIMIT:
-        return Evaluation(limit_quote(side, _need(limit), bar))
+        return Evaluation(limit_quote(side, _need(limit), bar, strict))
     if mode is OrderType.STOP:
         quote = stop_quote(side, _need(stop), bar, slippage_bps)
         return Evaluation(quote, triggered=quote is not None)
     trigger = stop_trigger_price(side, _need(stop), bar)
     if trigger is None:
         return Evaluation(None)
-    return Evaluation(stop_limit_quote(side, trigger, _need(limit), bar), triggered=True)
+    return Evaluation(stop_limit_quote(side, trigger, _need(limit), bar, strict), triggered=True)
 
 
 def after_trigger(mode: OrderType) -> OrderType:

@@ -32,21 +32,25 @@ def _block_min(values: np.ndarray) -> np.ndarray:
     return padded.reshape(-1, BLOCK).min(axis=1)
 
 
-def _first_at_or_below(values: np.ndarray, block_min: np.ndarray, start: int, level: float) -> int | None:
-    """The first index ``i >= start`` with ``values[i] <= level``, or None."""
+def _first_at_or_below(
+    values: np.ndarray, block_min: np.ndarray, start: int, level: float, strict: bool = False
+) -> int | None:
+    """The first index ``i >= start`` with ``values[i] <= level`` (``< level`` when
+    ``strict``), or None."""
     n = len(values)
     if start >= n:
         return None
+    reached = np.less if strict else np.less_equal
     block = start // BLOCK
     head_end = min(n, (block + 1) * BLOCK)
-    hits = np.flatnonzero(values[start:head_end] <= level)
+    hits = np.flatnonzero(reached(values[start:head_end], level))
     if hits.size:
         return start + int(hits[0])
-    blocks = np.flatnonzero(block_min[block + 1 :] <= level)
+    blocks = np.flatnonzero(reached(block_min[block + 1 :], level))
     if not blocks.size:
         return None
     first = (block + 1 + int(blocks[0])) * BLOCK
-    return first + int(np.argmax(values[first : first + BLOCK] <= level))
+    return first + int(np.argmax(reached(values[first : first + BLOCK], level)))
 
 
 class BarSeries:
@@ -120,23 +124,34 @@ class BarSeries:
         """The UTC timestamp of bar ``i``."""
         return pd.Timestamp(int(self.ts[i]), tz="UTC")
 
-    def first_down_to(self, start: int, level: float) -> int | None:
-        """The first bar from ``start`` whose open or low is at or below ``level``."""
-        return _first_at_or_below(self._down, self._down_blocks, start, level)
+    def first_down_to(self, start: int, level: float, strict: bool = False) -> int | None:
+        """The first bar from ``start`` whose open or low is at or below ``level``
+        (strictly below when ``strict``)."""
+        return _first_at_or_below(self._down, self._down_blocks, start, level, strict)
 
-    def first_up_to(self, start: int, level: float) -> int | None:
-        """The first bar from ``start`` whose open or high is at or above ``level``."""
-        return _first_at_or_below(self._up_neg, self._up_neg_blocks, start, -level)
+    def first_up_to(self, start: int, level: float, strict: bool = False) -> int | None:
+        """The first bar from ``start`` whose open or high is at or above ``level``
+        (strictly above when ``strict``)."""
+        return _first_at_or_below(self._up_neg, self._up_neg_blocks, start, -level, strict)
 
     def first_event(
-        self, start: int, mode: OrderType, side: Side, limit: float | None, stop: float | None
+        self,
+        start: int,
+        mode: OrderType,
+        side: Side,
+        limit: float | None,
+        stop: float | None,
+        strict: bool = False,
     ) -> int | None:
         """The first bar from ``start`` on which an order of type ``mode`` may fill or
-        trigger (the vectorised twin of ``fills.evaluate``), or None."""
+        trigger (the vectorised twin of ``fills.evaluate``; ``strict``: limits trade
+        through), or None."""
         if mode is OrderType.MARKET:
             return start if start < len(self) else None
         if mode is OrderType.LIMIT:
             assert limit is not None
-            return self.first_down_to(start, limit) if side is Side.BUY else self.first_up_to(start, limit)
+            if side is Side.BUY:
+                return self.first_down_to(start, limit, strict)
+            return self.first_up_to(start, limit, strict)
         assert stop is not None
         return self.first_up_to(start, stop) if side is Side.BUY else self.first_down_to(start, stop)

@@ -1,0 +1,190 @@
+"""Reconciliation at the start of a live run: the ledger catches up with the venue.
+
+* Each order the ledger still holds open at this venue (NEW, PARTIALLY_FILLED,
+  CREATED, UNKNOWN) is looked up by its client order id. Fills made while we were not
+  watching are recorded (idempotent on the venue's trade id) and the order's state is
+  brought up to date. An order the venue never received (CREATED or UNKNOWN, and not
+  found) becomes REJECTED: "never reached the venue".
+* Each order open at the venue that bears our client id prefix but is missing from
+  the ledger is adopted: recorded under a synthetic signal ``adopted:<client id>``
+  (strategy "adopted") in the live namespace.
+
+Every action is audited (``order.reconciled``, ``order.rejected``, ``order.adopted``,
+``order.missing_at_venue``), and the whole pass as ``reconcile.completed``. The look-up
+of open orders at the venue is a capability (``get_open_orders``), used if the broker
+has it. ``reconcile`` is a plain coroutine; ``reconcile_task`` its thin Prefect task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import select
+
+from brokers.base import BaseBroker, Order, OrderResult, is_retryable
+from tradpal.ledger import Ledger, Provenance
+from tradpal.ledger.models import Order as OrderRow
+from tradpal.ledger.models import Signal as SignalRow
+
+OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED", "CREATED", "UNKNOWN")
+UNSENT_STATUSES = ("CREATED", "UNKNOWN")
+NEVER_REACHED = "never reached the venue"
+STEP = "reconcile"
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconciliation pass did, by client order id."""
+
+    checked: int = 0
+    updated: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    fills: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"checked": self.checked, "updated": self.updated, "rejected": self.rejected,
+                "adopted": self.adopted, "missing": self.missing, "fills": self.fills}
+
+
+def open_ledger_orders(ledger: Ledger, venue: str, namespace: str) -> list[dict[str, Any]]:
+    """The orders of ``namespace`` the ledger holds open at ``venue``, with their signal id."""
+    o, s = OrderRow.__table__, SignalRow.__table__
+    stmt = (select(o.c.client_order_id, o.c.symbol, o.c.status, s.c.signal_id)
+            .join(s, s.c.id == o.c.signal_pk)
+            .where(o.c.venue == venue, o.c.status.in_(OPEN_STATUSES), s.c.namespace == namespace)
+            .order_by(o.c.id))
+    with ledger.engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def _utc(t: datetime | None) -> pd.Timestamp:
+    ts = pd.Timestamp(t if t is not None else datetime.now(UTC))
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def fills_frame(result: OrderResult, symbol: str) -> pd.DataFrame:
+    """The result's fills as ledger fill rows (trade id as monitoring derives it when the
+    venue gives none)."""
+    return pd.DataFrame([{
+        "client_order_id": result.client_order_id, "trade_id": f.trade_id or f"{result.order_id}-{i}",
+        "timestamp": _utc(f.timestamp), "symbol": symbol, "side": f.side.value, "quantity": f.quantity,
+        "price": f.price, "fee": f.fee, "fee_currency": f.fee_currency, "is_maker": f.is_maker,
+    } for i, f in enumerate(result.fills, start=1)])
+
+
+def state_frame(result: OrderResult) -> pd.DataFrame:
+    """The order's state at the venue as a ledger order update."""
+    return pd.DataFrame([{
+        "client_order_id": result.client_order_id, "broker_order_id": result.order_id,
+        "status": result.status.value, "filled_quantity": result.executed_quantity,
+        "avg_price": result.executed_price, "fees": result.fees, "fee_currency": result.fee_currency,
+        "reason": result.reason, "updated_at": _utc(result.timestamp),
+    }])
+
+
+def _catch_up(ledger: Ledger, venue: str, row: dict[str, Any], result: OrderResult, prov: Provenance,
+              report: ReconcileReport) -> None:
+    result = OrderResult(**{**result.__dict__, "client_order_id": row["client_order_id"]})
+    with ledger.transaction() as s:
+        added = ledger.record_fills(s, fills_frame(result, row["symbol"]), venue=venue, prov=prov) if result.fills else 0
+        if not added and result.status.value == row["status"]:
+            return
+        ledger.update_orders(s, state_frame(result), venue=venue, prov=prov)
+        ledger.audit(s, "order.reconciled", "order", entity_id=row["client_order_id"], prov=prov, payload={
+            "from": row["status"], "to": result.status.value, "broker_order_id": result.order_id,
+            "new_fills": added, "filled_quantity": result.executed_quantity})
+    report.updated.append(row["client_order_id"])
+    report.fills += added
+
+
+def _reject_unsent(ledger: Ledger, venue: str, namespace: str, row: dict[str, Any], prov: Provenance) -> None:
+    coid = row["client_order_id"]
+    with ledger.transaction() as s:
+        ledger.update_orders(s, pd.DataFrame([{"client_order_id": coid, "status": "REJECTED", "reason": NEVER_REACHED,
+                                               "updated_at": _utc(None)}]), venue=venue, prov=prov)
+        ledger.record_rejections(s, pd.DataFrame([{"signal_id": row["signal_id"], "client_order_id": coid,
+                                                   "step": STEP, "reason": NEVER_REACHED}]),
+                                 namespace=namespace, prov=prov)
+        ledger.audit(s, "order.rejected", "order", entity_id=coid, prov=prov,
+                     payload={"from": row["status"], "reason": NEVER_REACHED})
+
+
+def _adopt(ledger: Ledger, venue: str, namespace: str, order: Order, result: OrderResult, prov: Provenance) -> int:
+    """Record an order found open at the venue under a synthetic signal; returns fills added."""
+    coid = order.client_order_id
+    placed = _utc(order.placed_at or result.timestamp)
+    signal = pd.DataFrame([{
+        "signal_id": f"adopted:{coid}", "timestamp": placed, "symbol": order.symbol, "side": order.side.value,
+        "quantity": order.quantity, "strategy": "adopted", "order_type": order.order_type.value,
+        "limit_price": order.price, "stop_price": order.stop_price,
+    }])
+    row = pd.DataFrame([{
+        "signal_id": f"adopted:{coid}", "client_order_id": coid, "symbol": order.symbol, "side": order.side.value,
+        "order_type": order.order_type.value, "quantity": order.quantity, "price": order.price,
+        "stop_price": order.stop_price, "time_in_force": order.time_in_force.value, "created_at": placed,
+        "placed_at": placed,
+    }])
+    with ledger.transaction() as s:
+        ledger.record_signals(s, signal, namespace=namespace, prov=prov)
+        ledger.record_orders(s, row, namespace=namespace, venue=venue, prov=prov)
+        ledger.update_orders(s, state_frame(result), venue=venue, prov=prov)
+        added = ledger.record_fills(s, fills_frame(result, order.symbol), venue=venue, prov=prov) if result.fills else 0
+        ledger.audit(s, "order.adopted", "order", entity_id=coid, prov=prov, payload={
+            "broker_order_id": result.order_id, "symbol": order.symbol, "side": order.side.value,
+            "quantity": order.quantity, "status": result.status.value, "signal_id": f"adopted:{coid}"})
+    return added
+
+
+async def reconcile(ledger: Ledger, broker: BaseBroker, *, namespace: str = "live", prefix: str = "tp",
+                    prov: Provenance | None = None) -> ReconcileReport:
+    """Bring the ledger up to date with ``broker`` (see the module docstring). Retryable
+    broker errors propagate (the task retries; the pass is idempotent)."""
+    prov = prov or Provenance()
+    venue, report = broker.name, ReconcileReport()
+    for row in open_ledger_orders(ledger, venue, namespace):
+        report.checked += 1
+        result = await broker.get_order_by_client_id(row["client_order_id"], row["symbol"])
+        if result is not None:
+            _catch_up(ledger, venue, row, result, prov, report)
+        elif row["status"] in UNSENT_STATUSES:
+            _reject_unsent(ledger, venue, namespace, row, prov)
+            report.rejected.append(row["client_order_id"])
+        else:
+            report.missing.append(row["client_order_id"])
+            with ledger.transaction() as s:
+                ledger.audit(s, "order.missing_at_venue", "order", entity_id=row["client_order_id"], prov=prov,
+                             payload={"status": row["status"], "note": "open in the ledger, unknown to the venue"})
+    get_open_orders = getattr(broker, "get_open_orders", None)
+    if get_open_orders is not None:
+        for order, result in await get_open_orders():
+            coid = order.client_order_id
+            if coid.startswith(f"{prefix}-") and ledger.find_order(venue, coid) is None:
+                report.fills += _adopt(ledger, venue, namespace, order, result, prov)
+                report.adopted.append(coid)
+    with ledger.transaction() as s:
+        ledger.audit(s, "reconcile.completed", "venue", entity_id=venue, payload=report.as_dict(), prov=prov)
+    return report
+
+
+def _retryable(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry hook
+    return is_retryable(state.data)
+
+
+@task(name="0-reconcile", task_run_name="0-reconcile [{label}]", cache_policy=NO_CACHE, persist_result=False,
+      retries=3, retry_delay_seconds=[0.5, 1.0, 2.0], retry_condition_fn=_retryable)
+async def reconcile_task(ledger: Ledger, broker: BaseBroker, run_id: str, label: str = "live",
+                         namespace: str = "live", prefix: str = "tp") -> dict[str, Any]:
+    """``reconcile`` as the first task of a live run, with the Prefect run ids as provenance."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    task_ctx, flow_ctx = TaskRunContext.get(), FlowRunContext.get()
+    prov = Provenance(run_id=run_id, flow_run_id=str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else None,
+                      task_run_id=str(task_ctx.task_run.id) if task_ctx else None)
+    return (await reconcile(ledger, broker, namespace=namespace, prefix=prefix, prov=prov)).as_dict()

@@ -1,0 +1,79 @@
+"""`tradpal exchange-emulator`: run the exchange emulator on 127.0.0.1 until Ctrl-C,
+so a live run (TRADPAL_BROKER=ccxt, TRADPAL_EXCHANGE_URL=<printed URL>) can rehearse
+against it with the real ccxt client."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+
+from tradpal.errors import InputError
+
+SECRET_ENV = "TRADPAL_EMULATOR_SECRET"
+
+
+def add_parser(sub) -> None:
+    e = sub.add_parser("exchange-emulator", help="run the exchange emulator on 127.0.0.1 until Ctrl-C")
+    e.add_argument("--venue", default="binance", help="venue dialect (binance)")
+    e.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: a free one; default 8765)")
+    e.add_argument("--api-key", required=True, help="the API key the emulator accepts")
+    e.add_argument("--secret", help=f"the API secret it accepts (default: ${SECRET_ENV})")
+    e.add_argument("--ohlcv", required=True, action="append", metavar="SYMBOL=FILE",
+                   help="OHLCV CSV/Parquet replayed as the market of SYMBOL (repeat per symbol)")
+    e.add_argument("--balance", action="append", default=[], metavar="ASSET=AMOUNT",
+                   help="the account's starting balance of ASSET (repeat per asset)")
+
+
+def _pairs(values: list[str], option: str) -> list[tuple[str, str]]:
+    out = []
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key.strip() or not rest.strip():
+            raise InputError(f"{option} {value!r}: expected KEY=VALUE")
+        out.append((key.strip(), rest.strip()))
+    return out
+
+
+def _options(args: argparse.Namespace) -> dict:
+    from tradpal.io import load_ohlcv
+
+    secret = args.secret or os.environ.get(SECRET_ENV)
+    if not secret:
+        raise InputError(f"--secret: required (or set {SECRET_ENV})")
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port}: expected 0..65535")
+    if args.venue != "binance":
+        raise InputError(f"--venue {args.venue!r}: the emulator speaks only binance so far")
+    bars = {symbol.upper(): load_ohlcv(path) for symbol, path in _pairs(args.ohlcv, "--ohlcv")}
+    for symbol in bars:
+        if "/" not in symbol:
+            raise InputError(f"--ohlcv {symbol}: expected a BASE/QUOTE symbol, e.g. BTC/USDT")
+    balances = {}
+    for asset, amount in _pairs(args.balance, "--balance"):
+        try:
+            balances[asset.upper()] = float(amount)
+        except ValueError:
+            raise InputError(f"--balance {asset}={amount}: not a number") from None
+    return {"venue": args.venue, "port": args.port, "api_key": args.api_key, "secret": secret,
+            "bars": bars, "balances": balances}
+
+
+def cmd_exchange_emulator(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """Start the emulator, print its base URL, serve until Ctrl-C (or ``stop`` is set)."""
+    from brokers.emulator import serve
+
+    options = _options(args)
+    try:
+        handle = serve(options.pop("venue"), **options)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InputError(f"exchange-emulator: cannot start on 127.0.0.1:{args.port}: {exc}") from None
+    print(f"exchange emulator ({args.venue}) at {handle.base_url} — Ctrl-C to stop", flush=True)
+    print(f"  TRADPAL_BROKER=ccxt TRADPAL_EXCHANGE={args.venue} TRADPAL_EXCHANGE_URL={handle.base_url}", flush=True)
+    try:
+        (stop or threading.Event()).wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        handle.stop()
+    return 0
