@@ -14,6 +14,7 @@ from tasks.prefect_tasks import task_caller
 from tradpal import progress
 from tradpal.config import load_settings
 from tradpal.ledger import Ledger
+from tradpal.quality import check_market_data
 from tradpal.replay import ReplayInputs, ReplayParams, load_inputs, run_replay, write_outputs
 from tradpal.reporting import summary_markdown
 
@@ -21,6 +22,19 @@ from tradpal.reporting import summary_markdown
 @task(name="load-inputs", task_run_name="load-inputs", cache_policy=NO_CACHE, persist_result=False)
 def load_inputs_task(params: ReplayParams) -> ReplayInputs:
     return load_inputs(params)
+
+
+@task(name="market-data-gate", task_run_name="market-data-gate", cache_policy=NO_CACHE, persist_result=False)
+def market_data_gate_task(inputs: ReplayInputs, out: str | None, max_gap_multiple: float) -> None:
+    """Great Expectations' market-data suite on every market before anything trades; a
+    failure stops the replay with GX's result summary (also a markdown artifact)."""
+    frames = inputs.markets or {"bars": inputs.bars}
+    for name, bars in frames.items():
+        docs = f"{out}/data_docs/market_data/{name.replace('/', '-')}" if out else None
+        result = check_market_data(bars, max_gap_multiple=max_gap_multiple, data_docs_dir=docs)
+        create_markdown_artifact(key="market-data-quality", markdown=result.to_markdown(),
+                                 description=f"market data {name}")
+        result.raise_for_failure()
 
 
 @task(name="publish-results", task_run_name="publish-results", cache_policy=NO_CACHE, persist_result=False)
@@ -44,16 +58,20 @@ async def paper_replay(ohlcv: str, signals: str, symbol: str, cash: float = 10_0
                        chunk_signals: int | None = None, risk_config: str | None = None,
                        fill_model: str = "next-open", slippage_model: str = "fixed", impact_k: float | None = None,
                        participation: float | None = None, latency_ms: float = 0.0, venue: str | None = None,
-                       seed: int | None = None, markets: dict[str, str] | None = None) -> dict:
+                       seed: int | None = None, markets: dict[str, str] | None = None,
+                       quality_gate: bool = True, max_gap_multiple: float = 10.0) -> dict:
     """Replay ``signals`` against the bars in ``ohlcv``; returns the summary. Several
     symbols: ``markets`` {symbol: file} (``ohlcv`` and ``symbol`` then ""). ``fee_rate``
     None: the ``venue``'s maker/taker fees, or 0.001 without a venue. The simulator's
-    options: see `tradpal.replay`."""
+    options: see `tradpal.replay`. ``quality_gate``: run the GX market-data suite first
+    (a gap larger than ``max_gap_multiple`` bars stops the replay)."""
     params = ReplayParams(ohlcv, signals, symbol, cash, fee_rate, slippage_bps, out, chunk_signals, risk_config,
                           fill_model=fill_model, slippage_model=slippage_model, impact_k=impact_k,
                           participation=participation, latency_ms=latency_ms, venue=venue, seed=seed,
                           markets=tuple((markets or {}).items()))
     inputs = load_inputs_task(params)
+    if quality_gate:
+        market_data_gate_task(inputs, out, max_gap_multiple)
     ledger = Ledger(database_url or load_settings().ledger_url())
     result = await run_replay(params, inputs, ledger, caller=task_caller,
                               flow_run_id=str(flow_run.id) if flow_run.id else None, on_batch=progress.report)

@@ -146,6 +146,7 @@ class Book:
     peak_equity: float = 0.0  # highest equity seen (drawdown limit)
     day_start_equity: float = 0.0  # equity when the current UTC day began (daily loss limit)
     day: object = None
+    last_equity: float | None = None
 
     def __post_init__(self) -> None:
         if not self.start_equity:
@@ -159,13 +160,16 @@ class Book:
         if len(equity) == 0:
             return
         self.peak_equity = max(self.peak_equity, float(np.max(equity)))
-        days = stamps.dt.floor("D").to_numpy()
+        days = stamps.to_numpy("datetime64[ns]").astype("datetime64[D]")  # vectorised: no Python objects
         last_day = days[-1]
         if self.day != last_day:
             first = int(np.argmax(days == last_day))
-            # the day's opening equity: the last value before the day began, else its first value
-            self.day_start_equity = float(equity[first - 1]) if first > 0 else float(equity[first])
+            # the day's opening equity: the last value before the day began (possibly from the
+            # previous observation), else the day's first value
+            before = float(equity[first - 1]) if first > 0 else self.last_equity
+            self.day_start_equity = before if before is not None else float(equity[first])
             self.day = last_day
+        self.last_equity = float(equity[-1])
 
 
 @dataclass

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slippage against the trader, bps (--slippage-model fixed)")
     r.add_argument("--out", required=True, help="directory for fills.csv, equity.csv and summary.json")
     r.add_argument("--risk-config", help="risk YAML (limits, sizing, alerts); see `tradpal risk example`")
+    r.add_argument("--max-gap-multiple", type=_number(float), default=10.0,
+                   help="market-data gate: largest gap allowed, in bars (default 10)")
+    r.add_argument("--no-quality-gate", action="store_true", help="skip the Great Expectations market-data gate")
     _simulator(r)
     _common(r)
 
@@ -210,7 +213,17 @@ def cmd_replay(args) -> int:
 
     kwargs = {f.name: getattr(params, f.name) for f in fields(params)}
     kwargs["markets"] = dict(params.markets) or None
-    summary = _with_progress(args.quiet, lambda: _run_flow(paper_replay, database_url=args.database_url, **kwargs))
+    kwargs["quality_gate"] = not getattr(args, "no_quality_gate", False)
+    kwargs["max_gap_multiple"] = getattr(args, "max_gap_multiple", 10.0)
+    from tradpal.quality import QualityGateError
+
+    try:
+        summary = _with_progress(args.quiet, lambda: _run_flow(paper_replay, database_url=args.database_url,
+                                                               **kwargs))
+    except QualityGateError as exc:  # bad market data: GX's summary, then one line, exit 2
+        print(exc.result.summary, file=sys.stderr)
+        print(f"tradpal: error: {exc}", file=sys.stderr)
+        return 2
     _print_summary(summary)
     return 0
 

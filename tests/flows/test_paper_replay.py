@@ -73,11 +73,16 @@ def test_ledger_rows_carry_prefect_run_ids(replayed, prefect_client):
         return {str(t.id): t.name for t in runs}
 
     # task runs reach the API as events, recorded asynchronously: poll, don't sleep blindly
-    ours = poll(task_runs, lambda runs: set(fills["task_run_id"]) <= set(runs) and len(runs) >= 34)
+    expected = ["1-intake", "2-sizing", "3-order-creation", "4-pre-checks", "5-placement", "6-monitoring",
+                "7-positions", "8-analysis", "load-inputs", "market-data-gate", "publish-results"]
+
+    def names(runs: dict[str, str]) -> list[str]:
+        return sorted({n.split(" [")[0] for n in runs.values()})
+
+    # names and states arrive as events, recorded asynchronously: poll until they are all in
+    ours = poll(task_runs, lambda runs: set(fills["task_run_id"]) <= set(runs) and names(runs) == expected)
     assert {ours[t] for t in fills["task_run_id"]} <= {n for n in ours.values() if n.startswith("6-monitoring")}
-    names = sorted({n.split(" [")[0] for n in ours.values()})
-    assert names == ["1-intake", "2-sizing", "3-order-creation", "4-pre-checks", "5-placement", "6-monitoring",
-                     "7-positions", "8-analysis", "load-inputs", "publish-results"]
+    assert names(ours) == expected
     # batches, not bars: 158 signals in batches of 40 -> 4 runs of each step
     assert sum(n.startswith("5-placement") for n in ours.values()) == 4
     assert ledger.get_run(run)["status"] == "completed"
@@ -92,3 +97,22 @@ def test_run_publishes_artifacts(replayed, prefect_client):
     by_key = {a.key: a for a in arts}
     assert by_key["replay-summary"].type == "markdown" and "Final equity" in by_key["replay-summary"].data
     assert by_key["replay-fills"].type == "table"
+
+
+def test_market_data_gate_stops_a_replay_over_a_large_gap(prefect_api, tmp_path):
+    from tradpal.quality import QualityGateError
+
+    bars = load_ohlcv(SAMPLE / "BITTREX_ETH-BTC_5m.csv").head(300)
+    gapped = pd.concat([bars.iloc[:100], bars.iloc[160:]])  # 60 missing 5-minute bars
+    path = tmp_path / "gapped.csv"
+    gapped.assign(timestamp=gapped["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(path, index=False)
+    signals_path = tmp_path / "signals.csv"
+    signals_path.write_text("timestamp,symbol,side,quantity\n2018-01-10T06:00:00Z,ETH/BTC,buy,1\n")
+    db = tmp_path / "ledger.db"
+    with pytest.raises(QualityGateError, match="market_data"):
+        asyncio.run(paper_replay(ohlcv=str(path), signals=str(signals_path), symbol="ETH/BTC", cash=1.0,
+                                 database_url=f"sqlite:///{db}", max_gap_multiple=10))
+    assert not db.exists()  # stopped before the ledger was touched
+    summary = asyncio.run(paper_replay(ohlcv=str(path), signals=str(signals_path), symbol="ETH/BTC", cash=1.0,
+                                       database_url=f"sqlite:///{db}", max_gap_multiple=100))
+    assert summary["n_fills"] == 1
