@@ -84,6 +84,9 @@ def _flow(kwargs: dict) -> tuple[float, dict]:
         t_start = time.perf_counter()
         warm_up()  # starts the ephemeral API server, reported separately
         emit("prefect_ephemeral_server_start", time.perf_counter() - t_start, "s")
+        t_gx = time.perf_counter()
+        import great_expectations  # noqa: F401  -- once per worker process, like the server start
+        emit("great_expectations_import", time.perf_counter() - t_gx, "s")
         Ledger(kwargs["database_url"])  # migrations, as the direct run pays them too... once
         t0 = time.perf_counter()
         summary = asyncio.run(paper_replay(**kwargs))
