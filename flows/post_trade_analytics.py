@@ -67,10 +67,10 @@ async def post_trade_analytics(run_id: str | None = None, since: str | None = No
     markdown = report_markdown(data.run, table, data.rejections_or_empty()) + "\n\n" + summary_markdown(
         metrics, quality, outputs)
     create_markdown_artifact(key="post-trade-analytics", markdown=markdown, description=data.label)
-    for key, rows in chart_tables(metrics, table).items():
+    for key, rows in chart_tables(metrics, table, data.equity, data.report_fills()).items():
         create_table_artifact(key=key, table=rows)
     if quality is not None and not quality.success:
         alert_quality_failure(quality, data.label, str(flow_run.id) if flow_run.id else None)
         raise QualityGateError(quality)
-    return {"run_id": data.run_id, "markdown": markdown, "table": table.to_dict("records"), "metrics": metrics,
+    return {"run_id": data.run_id, "flow_run_id": str(flow_run.id) if flow_run.id else None, "markdown": markdown, "table": table.to_dict("records"), "metrics": metrics,
             "outputs": outputs, "quality": None if quality is None else quality.success}

@@ -126,8 +126,19 @@ class AnalyticsInputs:
         return f.assign(strategy=f["strategy"].fillna("unknown")) if "strategy" in f else f.assign(strategy="unknown")
 
     def report_fills(self) -> pd.DataFrame:
+        """Fills for the report: with ``slippage_bps`` against the signal's reference price
+        (positive = worse for us) when the ledger knows it."""
         f = self.named_fills()
-        return f[[c for c in ("timestamp", "side", "quantity", "price", "fee", "symbol", "strategy") if c in f]]
+        if self.orders is not None and self.signals is not None and "order_pk" in f and "reference_price" in self.signals:
+            refs = self.orders[["id", "signal_pk"]].merge(
+                self.signals[["id", "reference_price"]].rename(columns={"id": "signal_pk", "reference_price": "ref"}),
+                on="signal_pk").rename(columns={"id": "order_pk"})[["order_pk", "ref"]]
+            f = f.merge(refs, on="order_pk", how="left")
+            sign = np.where(f["side"] == "buy", 1.0, -1.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f["slippage_bps"] = sign * (f["price"] / f["ref"] - 1.0) * 1e4
+        cols = ("timestamp", "side", "quantity", "price", "fee", "symbol", "strategy", "slippage_bps")
+        return f[[c for c in cols if c in f]]
 
     def orders_or_empty(self) -> pd.DataFrame:
         return self.orders if self.orders is not None else pd.DataFrame(columns=["strategy", "symbol"])
@@ -216,9 +227,23 @@ def summary_markdown(metrics: dict, quality, outputs: list[str]) -> str:
     return "\n".join(lines)
 
 
-def chart_tables(metrics: dict, table: pd.DataFrame) -> dict[str, list[dict]]:
-    """The charts' data as table artifacts (key -> rows)."""
+def chart_tables(metrics: dict, table: pd.DataFrame, equity: pd.DataFrame | None = None,
+                 fills: pd.DataFrame | None = None, max_rows: int = 500) -> dict[str, list[dict]]:
+    """The report's charts' data as table artifacts (key -> rows): equity and drawdown
+    (evenly thinned to ``max_rows``), P&L attribution, the slippage histogram, latency."""
     out: dict[str, list[dict]] = {}
+    if equity is not None and len(equity):
+        eq = equity["equity"].to_numpy("float64")
+        peak = np.maximum.accumulate(eq)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dd = np.where(peak > 0, 1.0 - eq / peak, 0.0)
+        keep = np.unique(np.linspace(0, len(eq) - 1, min(max_rows, len(eq))).astype(int))
+        out["equity-curve"] = [{"timestamp": str(equity["timestamp"].iloc[i]), "equity": float(eq[i]),
+                                "drawdown": float(dd[i])} for i in keep]
+    if fills is not None and "slippage_bps" in fills and fills["slippage_bps"].notna().any():
+        counts, edges = np.histogram(fills["slippage_bps"].dropna().to_numpy("float64"), bins=20)
+        out["slippage-histogram"] = [{"from_bps": float(a), "to_bps": float(b), "fills": int(c)}
+                                     for a, b, c in zip(edges[:-1], edges[1:], counts, strict=True)]
     for key in ("pnl_by_strategy", "pnl_by_asset", "pnl_by_day"):
         rows = metrics.get(key)
         if isinstance(rows, list) and rows:
