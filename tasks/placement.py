@@ -22,6 +22,7 @@ from brokers.base import (
 )
 from tasks.context import ExecutionContext
 from tasks.step import StepResult, rejections
+from tradpal.faults import crash_point
 
 
 def to_order(row: dict) -> Order:
@@ -54,11 +55,14 @@ async def place_orders(checked: pd.DataFrame, ctx: ExecutionContext) -> StepResu
     refused: list[tuple[str, str, str]] = []
     for row in checked.to_dict("records"):
         order = to_order(row)
+        crash_point("placement.sent")
         try:
             result = await place_one(ctx, order)
         except (InsufficientFundsError, InvalidOrderError) as exc:
+            crash_point("placement.acked")
             refused.append((row["signal_id"], row["client_order_id"], f"{type(exc).__name__}: {exc.broker_message}"))
             continue
+        crash_point("placement.acked")  # the venue has it; the ledger does not yet
         if result.status.value == "REJECTED":
             refused.append((row["signal_id"], row["client_order_id"], result.reason or "rejected by the broker"))
             continue

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from risk.sizing import TradeHistory
+from tradpal.faults import crash_point
 from tradpal.ledger import Ledger, Provenance
 
 
@@ -60,6 +61,7 @@ class LedgerRecorder:
             if len(rejected):
                 audit += self._reject(s, step, rejected, prov)
             self.ledger.audit_many(s, audit, prov=prov)  # one statement for all of the step's audit rows
+        crash_point(f"{step}.recorded")
 
     def record_failure(self, step: str, frame: pd.DataFrame, reason: str, prov: Provenance) -> None:
         """A broker step failed for good (retries exhausted or not retryable).
