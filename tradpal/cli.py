@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tradpal.emulator_cli import add_parser as _emulator_parser
 
     _emulator_parser(sub)
+    from tradpal.signal_cli import add_parsers as _signal_parsers
+
+    _signal_parsers(sub)
     return p
 
 
@@ -403,7 +406,20 @@ def cmd_audit(args) -> int:
     return 0
 
 
-COMMANDS = {"audit": cmd_audit, "risk": cmd_risk, "replay": cmd_replay, "demo": cmd_demo, "analytics": cmd_analytics, "live": cmd_live,
+def cmd_signal(args) -> int:
+    from tradpal.signal_cli import cmd_signal as run
+
+    return run(args)
+
+
+def cmd_intake(args) -> int:
+    from tradpal.signal_cli import cmd_intake as run
+
+    _prepare_prefect()
+    return run(args)
+
+
+COMMANDS = {"signal": cmd_signal, "intake": cmd_intake, "audit": cmd_audit, "risk": cmd_risk, "replay": cmd_replay, "demo": cmd_demo, "analytics": cmd_analytics, "live": cmd_live,
             "exchange-emulator": cmd_exchange_emulator}
 
 

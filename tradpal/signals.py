@@ -1,0 +1,159 @@
+"""Signals in: validate one signal at the door and emit it as the Prefect event
+``tradpal.signal.received``, which triggers the ``live-execution`` deployment.
+
+The rules are the intake step's (`tradpal.io.check_signal_rows`, plus the timestamp and
+the fields it knows): a signal refused here would have been rejected at step 1. A valid
+signal becomes a plain, JSON-ready dict (the event's payload, and the flow's parameter)::
+
+    {"signal_id": "sig-…", "timestamp": "2026-11-24T08:00:00+00:00", "symbol": "BTC/USDT",
+     "side": "buy", "quantity": 0.01, "strategy": "manual", "order_type": "market",
+     "reference_price": 65000.0}
+
+A re-submitted id is not refused here: the intake step refuses it (the ledger claim),
+so the same id yields one order however often and wherever it is submitted.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+import pandas as pd
+
+from tradpal.errors import InputError
+from tradpal.io import check_signal_rows
+
+EVENT = "tradpal.signal.received"
+RESOURCE_PREFIX = "tradpal.signal."
+REQUIRED = ("symbol", "side", "quantity")
+OPTIONAL = ("signal_id", "timestamp", "strategy", "order_type", "limit_price", "stop_price", "reference_price")
+NUMBERS = ("quantity", "limit_price", "stop_price", "reference_price")
+
+
+def new_signal_id() -> str:
+    return f"sig-{uuid.uuid4().hex[:20]}"
+
+
+def validate_signal(raw: Any, *, where: str = "signal") -> dict[str, Any]:
+    """The normalised signal, or `InputError` with one line naming ``where`` and the field.
+
+    Required: symbol, side, quantity. Optional: signal_id (generated if absent), timestamp
+    (ISO-8601 or epoch ms; default now, UTC), strategy, order_type (default market),
+    limit_price, stop_price, reference_price. Unknown fields are refused."""
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise InputError(f"{where}: unknown field {unknown[0]!r} (expected {', '.join(REQUIRED + OPTIONAL)})")
+    missing = [k for k in REQUIRED if raw.get(k) is None]
+    if missing:
+        raise InputError(f"{where}, field {missing[0]!r}: required")
+    sig = {k: v for k, v in raw.items() if v is not None}
+    for key in NUMBERS:
+        if key in sig and (isinstance(sig[key], bool) or not isinstance(sig[key], int | float | str)):
+            raise InputError(f"{where}, field {key!r}: must be a number, got {sig[key]!r}")
+    for key in ("signal_id", "strategy", "symbol", "side", "order_type"):
+        if key in sig and not isinstance(sig[key], str):
+            raise InputError(f"{where}, field {key!r}: must be a string, got {sig[key]!r}")
+    sig["timestamp"] = _timestamp(sig.get("timestamp"), where)
+    row = pd.DataFrame([{"signal_id": new_signal_id(), **sig}])
+    problems = check_signal_rows(row)  # the intake step's own rules
+    if problems:
+        _, col, why = problems[0]
+        raise InputError(f"{where}, field {col!r}: {why}")
+    return _normalised(sig)
+
+
+def _timestamp(value: Any, where: str) -> str:
+    if value is None:
+        return pd.Timestamp.now(tz="UTC").isoformat()
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            ts = pd.Timestamp(int(value), unit="ms", tz="UTC")
+        else:
+            ts = pd.Timestamp(str(value))
+            ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    except (ValueError, TypeError, OverflowError):
+        raise InputError(f"{where}, field 'timestamp': cannot parse {value!r} (expected ISO-8601 or epoch ms)") from None
+    if ts is pd.NaT:
+        raise InputError(f"{where}, field 'timestamp': cannot parse {value!r}")
+    return ts.isoformat()
+
+
+def _normalised(sig: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "signal_id": str(sig.get("signal_id") or new_signal_id()).strip(),
+        "timestamp": sig["timestamp"],
+        "symbol": sig["symbol"].strip().upper(),
+        "side": sig["side"].strip().lower(),
+        "quantity": float(sig["quantity"]),
+        "order_type": str(sig.get("order_type") or "market").strip().lower(),
+    }
+    if sig.get("strategy"):
+        out["strategy"] = sig["strategy"].strip()
+    for key in ("limit_price", "stop_price", "reference_price"):
+        if key in sig:
+            out[key] = float(sig[key])
+    if not all(math.isfinite(v) for k, v in out.items() if k in NUMBERS):
+        bad = next(k for k, v in out.items() if k in NUMBERS and not math.isfinite(v))
+        raise InputError(f"signal, field {bad!r}: must be a finite number")
+    return out
+
+
+def parse_signal_payload(obj: Any) -> list[dict[str, Any]]:
+    """One signal (a JSON object) or a list of them, validated: the normalised signals, or
+    `InputError` naming the first bad one (``signals[3], field 'side': ...``). Ids repeated
+    within the payload are refused."""
+    if isinstance(obj, dict):
+        return [validate_signal(obj)]
+    if not isinstance(obj, list):
+        raise InputError(f"expected a signal (JSON object) or a list of signals, got {type(obj).__name__}")
+    if not obj:
+        raise InputError("empty list: no signal to submit")
+    signals = [validate_signal(item, where=f"signals[{i}]") for i, item in enumerate(obj)]
+    seen: set[str] = set()
+    for i, s in enumerate(signals):
+        if s["signal_id"] in seen:
+            raise InputError(f"signals[{i}], field 'signal_id': {s['signal_id']!r} repeated in this payload")
+        seen.add(s["signal_id"])
+    return signals
+
+
+def emit_signal(signal: dict[str, Any]) -> str:
+    """Emit one validated signal as ``tradpal.signal.received``; its id. Raises `InputError`
+    when there is no Prefect API to send it to (events are only sent to a server)."""
+    from prefect.events import emit_event
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise InputError("no Prefect API to send the event to: set PREFECT_API_URL (e.g. `make up`)")
+    event = emit_event(event=EVENT, resource={"prefect.resource.id": RESOURCE_PREFIX + signal["signal_id"],
+                                              "prefect.resource.name": signal["signal_id"]},
+                       payload=signal)
+    if event is None:
+        raise InputError("no Prefect API to send the event to: set PREFECT_API_URL (e.g. `make up`)")
+    return signal["signal_id"]
+
+
+def flush_events(timeout: float = 10.0) -> None:
+    """Wait until the events emitted by this process have been sent (a short-lived
+    process calls this before exiting)."""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=timeout)
+
+
+def submit_signal(symbol: str, side: str, quantity: float, strategy: str | None = None, price: float | None = None,
+                  signal_id: str | None = None, *, timestamp: Any = None, order_type: str | None = None,
+                  limit_price: float | None = None, stop_price: float | None = None, flush: bool = True) -> str:
+    """Validate one signal and emit ``tradpal.signal.received``; returns the signal id.
+    ``price`` is the reference price (for sizing, checks and slippage). Bad input raises
+    `InputError` (one line) and emits nothing."""
+    signal = validate_signal({"symbol": symbol, "side": side, "quantity": quantity, "strategy": strategy,
+                              "reference_price": price, "signal_id": signal_id, "timestamp": timestamp,
+                              "order_type": order_type, "limit_price": limit_price, "stop_price": stop_price})
+    emit_signal(signal)
+    if flush:
+        flush_events()
+    return signal["signal_id"]
