@@ -32,12 +32,21 @@ Options (the defaults reproduce the basic simulator exactly):
 * ``max_participation``: a cap per bar as a fraction of its volume, shared by the
   orders filling on that bar; GTC remainders fill on the following bars, IOC cancels
   the remainder, FOK expires untouched.
+* ``native_brackets`` (default True): `attach_bracket` is supported natively
+  (``supports_brackets``): a protective sell stop and a sell limit target become active
+  when the buy entry ends with fills, as an OCO pair (the first fill of one leg cancels
+  the other; cancelling one leg cancels both), the stop optionally trailing. Legs are
+  eligible from the bar after the entry's fill; when both legs could fill on one bar, the
+  stop wins (it was registered first, and the path inside a bar is unknown: the
+  conservative choice). False: the broker declares no support and the monitoring step
+  emulates brackets with plain orders.
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -103,6 +112,16 @@ class _Holding:
             self.quantity = 0.0
 
 
+@dataclass(frozen=True)
+class _Attached:
+    """A bracket attached to an entry: ``levels(average entry price)`` gives (stop, target)."""
+
+    levels: Callable[[float], tuple[float | None, float | None]]
+    stop_client_order_id: str
+    target_client_order_id: str
+    trailing: bool
+
+
 @dataclass(eq=False)
 class _OrderState:
     """The broker's mutable record of one order."""
@@ -120,6 +139,11 @@ class _OrderState:
     version: int = 0  # bumped whenever the scheduled event is replaced or dropped
     next_bar: int = -1
     evaluated: bool = False  # a bar has been applied to it (fill model close: its first bar is done)
+    bracket: _Attached | None = None  # an entry's bracket, activated when the entry ends with fills
+    oco: tuple[str, ...] = ()  # order ids of the other legs of its OCO group
+    trail: float | None = None  # a trailing stop's distance below the high water
+    high_water: float = 0.0
+    pending_stop: float | None = None  # replay: the trailing stop on the scheduled bar
 
     def result(self, currency: str) -> OrderResult:
         """The order as the venue reports it now."""
@@ -157,6 +181,7 @@ class PaperBroker(BaseBroker):
         fill_model: str = "next-open",
         latency_ms: float = 0.0,
         trade_through: bool = False,
+        native_brackets: bool = True,
     ) -> None:
         if cash < 0:
             raise ValueError(f"cash must be >= 0, got {cash}")
@@ -176,6 +201,7 @@ class PaperBroker(BaseBroker):
         self.latency_ns = round(latency_ms * 1_000_000)
         self.trade_through = trade_through
         self.max_participation = max_participation
+        self.supports_brackets = native_brackets
         self.clock: WallClock | SimulatedClock = clock if clock is not None else WallClock()
         self.connected = False
         self._replay = isinstance(self.clock, SimulatedClock)
@@ -215,7 +241,11 @@ class PaperBroker(BaseBroker):
             return
         bar, now = Bar.flat(float(price)), self.clock.now()
         for state in list(self._resting.get(symbol, [])):  # a terminal order leaves the list
-            self._execute(state, bar, now, None)
+            if not state.status.is_terminal:  # an OCO leg may have been cancelled by its sibling's fill
+                self._execute(state, bar, now, None)
+        for state in self._resting.get(symbol, []):
+            if state.trail is not None and state.mode is OrderType.STOP:
+                self._raise_trailing(state, float(price))
 
     @property
     def cash(self) -> float:
@@ -268,10 +298,83 @@ class PaperBroker(BaseBroker):
             raise InvalidOrderError(
                 f"cannot cancel order {order_id}: it is {state.status.value} ({_describe(state.order)})"
             )
-        self._finish(
-            state, OrderStatus.CANCELED, self.clock.now(), f"canceled by request ({_describe(state.order)})"
-        )
+        now = self.clock.now()
+        self._finish(state, OrderStatus.CANCELED, now, f"canceled by request ({_describe(state.order)})")
+        self._cancel_siblings(state, now, f"OCO: the other leg {state.order.client_order_id} was canceled")
         return state.result(self.quote_currency)
+
+    # ------------------------------------------------------------------ brackets (native OCO)
+
+    def attach_bracket(
+        self,
+        order_id: str,
+        symbol: str,
+        *,
+        levels: Callable[[float], tuple[float | None, float | None]],
+        stop_client_order_id: str,
+        target_client_order_id: str,
+        trailing: bool = False,
+    ) -> None:
+        """Attach a protective stop and a target to the buy entry ``order_id``: when the
+        entry ends with fills, ``levels(its average price)`` gives (stop, target) (either
+        may be None) and the legs are placed for the quantity filled, as an OCO pair.
+        Attaching to an entry that already ended activates at once; a bracket whose legs
+        exist already (a restart) is not placed twice."""
+        if not self.supports_brackets:
+            raise InvalidOrderError(f"{self.name}: brackets are not supported natively")
+        state = self._find(order_id, symbol)
+        if state.order.side is not Side.BUY:
+            raise InvalidOrderError(f"a bracket protects a buy entry, not {_describe(state.order)}")
+        if stop_client_order_id in self._by_client_id or target_client_order_id in self._by_client_id:
+            return
+        state.bracket = _Attached(levels, stop_client_order_id, target_client_order_id, trailing)
+        if state.status.is_terminal:
+            self._activate(state, state.updated_at if self._replay else self.clock.now())
+
+    def _activate(self, entry: _OrderState, when: pd.Timestamp) -> None:
+        """Place an ended entry's bracket legs (stop first: on a bar that reaches both, it wins)."""
+        attached, entry.bracket = entry.bracket, None
+        if attached is None or not entry.fills:
+            return
+        quantity = sum(f.quantity for f in entry.fills)
+        average = sum(f.quantity * f.price for f in entry.fills) / quantity
+        stop, target = attached.levels(average)
+        order = entry.order
+        legs: list[_OrderState] = []
+        if stop is not None:
+            leg = self._register(Order(order.symbol, Side.SELL, OrderType.STOP, quantity,
+                                       attached.stop_client_order_id, stop_price=stop, placed_at=when), when)
+            if attached.trailing:
+                leg.trail, leg.high_water = average - stop, average
+            legs.append(leg)
+        if target is not None:
+            legs.append(self._register(Order(order.symbol, Side.SELL, OrderType.LIMIT, quantity,
+                                             attached.target_client_order_id, price=target, placed_at=when), when))
+        for leg in legs:
+            leg.oco = tuple(o.order_id for o in legs if o is not leg)
+        for leg in legs:
+            if leg.status.is_terminal:  # the other leg filled at once (live)
+                continue
+            if self._replay:
+                self._schedule(leg)
+            else:
+                self._execute(leg, Bar.flat(self._marks[order.symbol]), when, None)
+                if not leg.status.is_terminal:
+                    self._resting.setdefault(order.symbol, []).append(leg)
+
+    def _cancel_siblings(self, state: _OrderState, when: pd.Timestamp, reason: str) -> None:
+        for order_id in state.oco:
+            sibling = self._orders[order_id]
+            if not sibling.status.is_terminal:
+                self._finish(sibling, OrderStatus.CANCELED, when, f"{reason} ({_describe(sibling.order)})")
+
+    def _raise_trailing(self, state: _OrderState, price: float) -> None:
+        """Live: a new high moves a trailing stop up (never down)."""
+        state.high_water = max(state.high_water, price)
+        assert state.trail is not None and state.order.stop_price is not None
+        stop = state.high_water - state.trail
+        if stop > state.order.stop_price:
+            state.order = replace(state.order, stop_price=stop)
 
     async def get_order_status(self, order_id: str, symbol: str) -> OrderResult:
         """The order now; ``OrderNotFoundError`` if this venue does not know it."""
@@ -377,6 +480,13 @@ class PaperBroker(BaseBroker):
                 self._push(state, bar, max(state.after_ns, int(series.ts[bar])))
             return
         start = series.index_after(max(state.after_ns, self._processed_ns))
+        if state.trail is not None and state.mode is OrderType.STOP:
+            assert order.stop_price is not None
+            found = series.first_trailing_stop(start, order.stop_price, state.high_water, state.trail)
+            if found is not None:
+                state.pending_stop, state.high_water = found[1], found[2]
+                self._push(state, found[0], int(series.ts[found[0]]))
+            return
         if order.time_in_force is TimeInForce.GTC:
             bar = series.first_event(
                 start, state.mode, order.side, order.price, order.stop_price, self.trade_through
@@ -404,6 +514,8 @@ class PaperBroker(BaseBroker):
                 continue
             series = self._series[state.order.symbol]
             bar_index = state.next_bar
+            if state.pending_stop is not None and state.mode is OrderType.STOP:
+                state.order = replace(state.order, stop_price=state.pending_stop)
             self._execute(state, series.bar(bar_index), pd.Timestamp(at_ns, tz="UTC"), bar_index)
             state.evaluated = True
             if not state.status.is_terminal:
@@ -518,6 +630,7 @@ class PaperBroker(BaseBroker):
             self._volume_used[key] = self._volume_used.get(key, 0.0) + quantity
         state.remaining = 0.0 if quantity >= state.remaining else state.remaining - quantity
         state.updated_at = when
+        self._cancel_siblings(state, when, f"OCO: the other leg {order.client_order_id} filled")
         state.fills.append(
             Fill(
                 order_id=state.order_id,
@@ -558,3 +671,5 @@ class PaperBroker(BaseBroker):
         resting = self._resting.get(state.order.symbol)
         if resting is not None and state in resting:
             resting.remove(state)
+        if state.bracket is not None:
+            self._activate(state, state.updated_at)

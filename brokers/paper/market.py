@@ -155,3 +155,26 @@ class BarSeries:
             return self.first_up_to(start, limit, strict)
         assert stop is not None
         return self.first_up_to(start, stop) if side is Side.BUY else self.first_down_to(start, stop)
+
+    def first_trailing_stop(
+        self, start: int, stop: float, high_water: float, distance: float
+    ) -> tuple[int, float, float] | None:
+        """A trailing sell stop from bar ``start``: on each bar the stop is
+        ``max(stop, highest high before the bar - distance)`` (``high_water`` is the
+        highest price before ``start``); the bar's own high moves the stop only for the
+        next bar, since the path inside a bar is unknown. Returns the first bar whose open
+        or low reaches its stop, with that stop and the high water before the bar, or None.
+        Vectorised over blocks of ``BLOCK`` bars."""
+        n, i, hw = len(self), start, high_water
+        while i < n:
+            j = min(n, i + BLOCK)
+            highs = self.high[i:j]
+            before = np.maximum.accumulate(np.concatenate(([hw], highs[:-1])))
+            stops = np.maximum(stop, before - distance)
+            hits = np.flatnonzero(self._down[i:j] <= stops)
+            if hits.size:
+                k = int(hits[0])
+                return i + k, float(stops[k]), float(before[k])
+            hw = max(hw, float(highs.max()))
+            i = j
+        return None
