@@ -14,6 +14,7 @@ from brokers.base import AccountInfo, BaseBroker
 from brokers.base.clock import WallClock
 from brokers.factory import make_broker, paper_broker
 from risk.alerts import alerter_from_env
+from risk.approval import ApprovalForm, ApprovalPolicy, ApprovalRequest, Decision, policy_from, review
 from tasks.context import Book, ExecutionContext, MarketData, PipelineConfig
 from tasks.pipeline import run_batch
 from tasks.prefect_tasks import task_caller
@@ -68,6 +69,44 @@ def last_prices(prices: dict[str, float], now: pd.Timestamp) -> MarketData:
                                         "low": [p], "close": [p], "volume": [0.0]}) for s, p in prices.items()})
 
 
+async def ask_in_prefect_ui(request: ApprovalRequest, policy: ApprovalPolicy) -> Decision:
+    """Pause this flow run with an approval form (the order, the checks it passed) until a
+    person answers in the Prefect UI, or ``policy.timeout_s`` passes (then the run is set
+    back to Running, and the order is cancelled by the caller)."""
+    import math
+    from datetime import UTC, datetime
+
+    from prefect import get_client
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import apause_flow_run
+    from prefect.input import RunInput
+    from prefect.states import Running
+
+    form = RunInput.subclass_from_base_model_type(ApprovalForm).with_initial_data(description=request.description())
+    try:
+        answer = await apause_flow_run(wait_for_input=form, timeout=math.ceil(policy.timeout_s),
+                                       poll_interval=policy.poll_s, key=f"approval-{request.client_order_id}")
+    except FlowPauseTimeout:
+        async with get_client() as client:  # still Paused (or Failed by the server's expiry): carry on
+            await client.set_flow_run_state(flow_run.id, Running(message="approval timed out"), force=True)
+        return Decision.timed_out()
+    async with get_client() as client:  # when: the moment the run was resumed, as the server saw it
+        state = (await client.read_flow_run(flow_run.id)).state
+    return Decision.from_form(answer, state.timestamp if state else datetime.now(UTC))
+
+
+def approval_caller(call, policy: ApprovalPolicy):
+    """Wrap a `run_batch` ``call``: before placement, orders above the approval threshold
+    wait for a person (`risk.approval.review`); only approved ones are placed."""
+
+    async def approving_call(step, frame: pd.DataFrame, ctx: ExecutionContext) -> pd.DataFrame:
+        if step.name == "placement":
+            frame = await review(frame, ctx, policy, lambda r: ask_in_prefect_ui(r, policy), ui_url=flow_run.ui_url)
+        return await call(step, frame, ctx)
+
+    return approving_call
+
+
 @flow(name="live-execution", persist_result=False)
 async def live_execution(signals: list[dict], prices: dict[str, float] | None = None, cash: float = 10_000.0,
                          quote: str = "USDT", database_url: str | None = None) -> dict:
@@ -95,7 +134,10 @@ async def live_execution(signals: list[dict], prices: dict[str, float] | None = 
         ctx.recorder = LedgerRecorder(ledger, run_id=run_id, namespace="live", venue=broker.name)
         ctx.alerter = alerter_from_env()
         ctx.config = PipelineConfig(rules={s: ctx.config.default_rules for s in prices})
-        reports = await run_batch(pd.DataFrame(signals), ctx, call=task_caller("live"))
+        call, approval = task_caller("live"), policy_from(settings, ctx.config.risk)
+        if approval.enabled:
+            call = approval_caller(call, approval)
+        reports = await run_batch(pd.DataFrame(signals), ctx, call=call)
     except BaseException as exc:
         ledger.finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
         raise
