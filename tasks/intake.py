@@ -55,7 +55,10 @@ def intake_signals(raw: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
     """Validate each raw signal; the good ones become a `SignalFrame`.
 
     Rejected (into the ledger, with the reason): malformed rows, a signal id repeated
-    in the batch, and a signal id the ledger has already seen (a re-delivery)."""
+    in the batch, and a signal id the ledger already holds (a re-delivery). The good
+    signals are *claimed* in the ledger here (`claim_signals`: an insert under
+    ``UNIQUE(namespace, signal_id)``), so two workers handed the same id at the same
+    moment cannot both go on: the database lets exactly one insert it."""
     df = _normalise(raw, ctx)
     reasons = pd.Series([None] * len(df), dtype=object)
     no_qty = raw["quantity"].isna().to_numpy() if "quantity" in raw else np.ones(len(df), dtype=bool)
@@ -69,11 +72,19 @@ def intake_signals(raw: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
             reasons.iat[pos] = f"{col}: {why}"
     dup = df["signal_id"].duplicated() & reasons.isna()
     reasons[dup] = "duplicate signal_id in this batch"
-    seen = ctx.recorder.known_signal_ids(df.loc[reasons.isna(), "signal_id"].tolist())
-    again = df["signal_id"].isin(seen) & reasons.isna()
-    reasons[again] = "signal already received (re-delivery ignored; see its first record in the ledger)"
-    bad = reasons.notna().to_numpy()
-    good = df.loc[~bad].reset_index(drop=True)
+    good = df.loc[reasons.isna()].reset_index(drop=True)
     _fill_reference_prices(good, ctx)
+    # the ledger claim: whoever inserts a signal id first owns it (another run, another worker)
+    taken = ctx.recorder.claim_signals(good[COLUMNS], _provenance(ctx))
+    again = df["signal_id"].isin(taken) & reasons.isna()
+    reasons[again] = "signal already received (re-delivery ignored; see its first record in the ledger)"
+    good = good[~good["signal_id"].isin(taken)].reset_index(drop=True)
+    bad = reasons.notna().to_numpy()
     rejected = rejections(df.loc[bad, "signal_id"], reasons[bad])
     return StepResult(good[COLUMNS], rejected)
+
+
+def _provenance(ctx: ExecutionContext):
+    from tasks.pipeline import provenance  # (pipeline imports this module)
+
+    return provenance(ctx)

@@ -28,9 +28,22 @@ class LedgerRecorder:
 
     def __init__(self, ledger: Ledger, *, run_id: str, namespace: str, venue: str) -> None:
         self.ledger, self.run_id, self.namespace, self.venue = ledger, run_id, namespace, venue
+        self._claimed: set[str] = set()  # signal ids this recorder inserted by `claim_signals`
 
     def known_signal_ids(self, signal_ids: list[str]) -> set[str]:
         return self.ledger.existing_signal_ids(self.namespace, signal_ids) if signal_ids else set()
+
+    def claim_signals(self, signals: pd.DataFrame, prov: Provenance) -> set[str]:
+        """Insert ``signals`` as a claim (one transaction, ``ON CONFLICT DO NOTHING`` on
+        ``UNIQUE(namespace, signal_id)``); returns the ids that were already taken — by an
+        earlier run, or by another worker at the same moment. The database decides, so
+        this holds across processes and hosts sharing the ledger (no lock needed)."""
+        if signals.empty:
+            return set()
+        with self.ledger.transaction() as s:
+            got = self.ledger.record_signals(s, signals, namespace=self.namespace, prov=prov, skip_existing=True)
+        self._claimed.update(got)
+        return set(signals["signal_id"]) - set(got)
 
     def active_breakers(self, now: pd.Timestamp) -> list[dict]:
         return self.ledger.active_breakers(now.floor("us").to_pydatetime())
@@ -105,7 +118,8 @@ class LedgerRecorder:
                 for sid, why in zip(rows["signal_id"], rows["reason"], strict=True)]
 
     def _intake(self, s, frame, prov, extra) -> list[dict] | None:
-        self.ledger.record_signals(s, frame, namespace=self.namespace, prov=prov)
+        unclaimed = frame[~frame["signal_id"].isin(self._claimed)]  # claimed ones are in already
+        self.ledger.record_signals(s, unclaimed, namespace=self.namespace, prov=prov)
 
     def _sizing(self, s, frame, prov, extra) -> list[dict] | None:
         """Each sized signal's method and inputs, in the audit log."""
@@ -157,6 +171,9 @@ class NullRecorder:
     """Records nothing (unit tests of single steps)."""
 
     def known_signal_ids(self, signal_ids: list[str]) -> set[str]:
+        return set()
+
+    def claim_signals(self, signals: pd.DataFrame, prov: Provenance) -> set[str]:
         return set()
 
     def active_breakers(self, now: pd.Timestamp) -> list[dict]:

@@ -276,10 +276,14 @@ class Ledger:
     # -- writers ------------------------------------------------------------------------
 
     def record_signals(
-        self, session: Session | Connection, frame: pd.DataFrame, *, namespace: str, prov: Provenance
+        self, session: Session | Connection, frame: pd.DataFrame, *, namespace: str, prov: Provenance,
+        skip_existing: bool = False,
     ) -> dict[str, int]:
         """Insert signals; returns {signal_id: pk}. A signal_id already recorded in the
-        namespace raises IntegrityError (the caller's transaction then rolls back)."""
+        namespace raises IntegrityError (the caller's transaction then rolls back) or, with
+        ``skip_existing``, is left alone and missing from the result: the insert is then a
+        claim (``INSERT ... ON CONFLICT DO NOTHING``), atomic across processes and hosts
+        sharing the database, so of two writers of one id exactly one gets it."""
         n = len(frame)
         if n == 0:
             return {}
@@ -296,6 +300,11 @@ class Ledger:
             op, cols, ("signal_id", "timestamp", "symbol", "side", "order_type"), "signal_id"
         )
         rows = fr.rows_from_columns(cols, n, {"namespace": namespace, **prov.columns()})
+        if skip_existing:
+            stmt = (self._dialect_insert(_signals)
+                    .on_conflict_do_nothing(index_elements=[_signals.c.namespace, _signals.c.signal_id])
+                    .returning(_signals.c.signal_id, _signals.c.id))
+            return {k: pk for k, pk in _conn(session).execute(stmt, rows)}
         return self._insert_returning(
             _conn(session), _signals, rows, "signal_id", _signals.c.namespace == namespace
         )
