@@ -3,7 +3,7 @@ data (``profiles``), ccxt's errors mapped once (``errors``). Nothing outside thi
 package imports ccxt."""
 
 from brokers.ccxt.broker import CcxtBroker, rebase_api_urls
-from brokers.ccxt.errors import DuplicateClientOrderIdError, VenueAuthenticationError
+from brokers.ccxt.errors import DuplicateClientOrderIdError, VenueAuthenticationError, VenueBannedError
 from brokers.ccxt.profiles import PROFILES, VenueProfile, profile_for
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "CcxtBroker",
     "DuplicateClientOrderIdError",
     "VenueAuthenticationError",
+    "VenueBannedError",
     "VenueProfile",
     "profile_for",
     "rebase_api_urls",

@@ -17,18 +17,14 @@ statuses: 401 -2014/-2015 (API key), 400 -1022 (signature), 400 -1021 (timestamp
 400 -1013 (filters), 400 -2010 (refused order: funds, duplicate client id), 400 -2013
 (unknown order), 400 -2011 (cancel refused), 429 -1003, 503 -1001 / -1007.
 
-Faults (``engine.faults``, checked by ``FaultMiddleware`` on every non-admin request):
-    latency_ms         added to every response
-    fail_next          the next N requests answer 503 -1001 without reaching the engine
-    lose_next          the next N requests reach the engine, then answer 503 -1007
-                       (Binance's "execution status unknown": the order may exist)
-    rate_limit_next    the next N requests answer 429 -1003 with ``Retry-After``
-    retry_after_s      the Retry-After value (default 1)
+Faults (``engine.faults``; every key in ``brokers.emulator.faults``) answer in Binance's
+words: 503 -1001 (not executed), 503 -1007 (execution status unknown), 429 -1003 with
+``Retry-After``, 418 -1003 "IP banned until <ms>" with ``Retry-After``; a dropped
+connection answers nothing (or half an answer).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -41,7 +37,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from brokers.base.types import Side
 from brokers.emulator.engine import (
@@ -54,6 +50,7 @@ from brokers.emulator.engine import (
     dec,
     floor_to,
 )
+from brokers.emulator.faults import FaultAnswers, FaultMiddleware
 
 MAX_RECV_WINDOW = 60_000
 DEFAULT_RECV_WINDOW = 5_000
@@ -320,26 +317,27 @@ class BinanceDialect:
         routes += [Route(p, self._signed(h), methods=[m]) for p, m, h in signed]
         return routes
 
-    def _public(self, handler: Callable[[dict[str, str]], Any]) -> Handler:
-        async def endpoint(request: Request) -> Response:
-            try:
-                params = dict(request.query_params)
-                if request.method == "POST":
-                    raw = await request.body()
-                    params.update(json.loads(raw) if raw else {})
-                with self.engine.lock:
-                    return JSONResponse(handler(params))
-            except VenueError as exc:
-                return error(exc.status, exc.code, exc.msg)
-            except (ValueError, KeyError, TypeError, ArithmeticError):
-                return error(400, -1100, "Illegal characters found in a parameter.")
+    def _public(self, handler: Callable[[dict[str, Any]], Any]) -> Handler:
+        async def params(request: Request) -> dict[str, Any]:
+            out: dict[str, Any] = dict(request.query_params)
+            if request.method == "POST":
+                raw = await request.body()
+                out.update(json.loads(raw) if raw else {})
+            return out
 
-        return endpoint
+        return self._endpoint(params, handler)
 
     def _signed(self, handler: Callable[[dict[str, str]], Any]) -> Handler:
+        return self._endpoint(self.signed_params, handler)
+
+    def _endpoint(self, read: Callable[[Request], Awaitable[dict[str, Any]]],
+                  handler: Callable[[dict[str, Any]], Any]) -> Handler:
+        """An endpoint: parameters from ``read``, the answer from ``handler`` (under the
+        engine's lock), a refusal as Binance's error JSON."""
+
         async def endpoint(request: Request) -> Response:
             try:
-                params = await self.signed_params(request)
+                params = await read(request)
                 with self.engine.lock:
                     return JSONResponse(handler(params))
             except VenueError as exc:
@@ -530,6 +528,7 @@ class BinanceDialect:
             "trades": len(self.engine.trades),
             "balances": {a: {"free": fmt(f), "locked": fmt(lk)} for a, (f, lk) in self.engine.balances().items()},
             "faults": dict(self.engine.faults),
+            "requests": len(self.engine.requests),
         }
 
     def _market_state(self, index: int) -> dict[str, Any]:
@@ -576,49 +575,21 @@ def _canceled_json(engine: Engine, order: EmOrder, cancel_id: str | None) -> dic
 # ---------------------------------------------------------------------- faults
 
 
-class FaultMiddleware:
-    """Applies ``engine.faults`` to every request outside ``/admin``."""
-
-    def __init__(self, app: ASGIApp, engine: Engine) -> None:
-        self.app = app
-        self.engine = engine
-
-    def _take(self) -> tuple[float, str | None, int]:
-        """(latency in s, fault to answer with or None, Retry-After), consuming counts."""
-        with self.engine.lock:
-            faults = self.engine.faults
-            latency = float(faults.get("latency_ms", 0)) / 1000
-            retry_after = int(faults.get("retry_after_s", 1))
-            for name in ("fail_next", "rate_limit_next", "lose_next"):
-                if int(faults.get(name, 0)) > 0:
-                    faults[name] = int(faults[name]) - 1
-                    return latency, name, retry_after
-            return latency, None, retry_after
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith("/admin"):
-            await self.app(scope, receive, send)
-            return
-        latency, fault, retry_after = self._take()
-        if latency > 0:
-            await asyncio.sleep(latency)
-        if fault == "lose_next":
-            await self.app(scope, receive, _discard)
-            response: Response = error(503, -1007, "Timeout waiting for response from backend server. "
-                                       "Send status unknown; execution status unknown.")
-        elif fault == "fail_next":
-            response = error(503, -1001, "Internal error; unable to process your request. Please try again.")
-        elif fault == "rate_limit_next":
-            response = error(429, -1003, "Too many requests; current limit of IP is 6000 requests per minute.",
-                             headers={"Retry-After": str(retry_after)})
-        else:
-            await self.app(scope, receive, send)
-            return
-        await response(scope, receive, send)
+def _banned(until_ms: int, retry_after_s: int) -> JSONResponse:
+    return error(418, -1003, f"Way too much request weight used; IP banned until {until_ms}. "
+                 "Please use WebSocket Streams for live updates to avoid bans.",
+                 headers={"Retry-After": str(retry_after_s)})
 
 
-async def _discard(message: Message) -> None:
-    return None
+BINANCE_FAULTS = FaultAnswers(
+    unavailable=lambda: error(503, -1001, "Internal error; unable to process your request. Please try again."),
+    status_unknown=lambda: error(503, -1007, "Timeout waiting for response from backend server. "
+                                 "Send status unknown; execution status unknown."),
+    rate_limited=lambda retry_after_s: error(
+        429, -1003, "Too many requests; current limit of IP is 6000 requests per minute.",
+        headers={"Retry-After": str(retry_after_s)}),
+    banned=_banned,
+)
 
 
 def create_app(engine: Engine, *, api_key: str, secret: str, venue: str = "binance") -> ASGIApp:
@@ -627,4 +598,4 @@ def create_app(engine: Engine, *, api_key: str, secret: str, venue: str = "binan
         raise ValueError(f"the emulator speaks only the binance dialect so far, not {venue!r}")
     dialect = BinanceDialect(engine, api_key, secret)
     app = Starlette(routes=dialect.routes())
-    return FaultMiddleware(app, engine)
+    return FaultMiddleware(app, engine, BINANCE_FAULTS)

@@ -32,9 +32,11 @@ Funds
     Fees are charged in the quote currency (``commission="quote"``, as the paper broker
     does) or, like Binance's default, in the currency received (``"received"``).
 
-Faults
-    ``faults`` is a dict the HTTP layer checks on every request (see ``app.py``); the
-    engine only stores it, under ``lock``.
+Faults and the request log
+    ``faults`` is a dict the HTTP layer checks on every request (its keys:
+    ``brokers.emulator.faults``); ``requests`` is the log of every request the HTTP
+    layer saw, ``(time.monotonic(), method, path)``. The engine only stores both, under
+    ``lock``.
 """
 
 from __future__ import annotations
@@ -237,6 +239,7 @@ class Engine:
             raise ValueError(f"commission must be 'quote' or 'received', got {commission!r}")
         self.lock = threading.RLock()
         self.faults: dict[str, Any] = {}
+        self.requests: list[tuple[float, str, str]] = []
         self.maker_fee = dec(maker_fee)
         self.taker_fee = dec(taker_fee)
         self.liquidity_fraction = liquidity_fraction

@@ -61,25 +61,31 @@ def test_live_run_fills_on_the_emulator_and_the_ledger_agrees(prefect_api, venue
     assert "reconcile.completed" in set(audit["event"])
 
 
-@pytest.mark.parametrize("fault", ["fail_next", "lose_next"])
-def test_placement_fault_is_retried_into_exactly_one_order(prefect_api, venue, tmp_path, monkeypatch, fault):
-    """503 -1001 (not executed) and 503 -1007 (executed, answer lost) on the first
-    placement: the task retries, looks the client id up, and one order exists."""
+@pytest.mark.parametrize(("faults", "sends"), [
+    ({"fail_next": 1}, 2),  # 503 -1001: not executed, sent again
+    ({"lose_next": 1}, 1),  # 503 -1007: executed, answer lost
+    ({"drop_next": 1}, 1),  # executed, connection closed before the answer
+    ({"drop_mid_response_next": 1}, 1),  # executed, connection closed mid-answer
+    ({"ban_s": 1.0}, 2),  # 418 IP ban: refused (lookups too) until it ends, then sent again
+], ids=["503", "lost-answer", "dropped", "dropped-mid-answer", "ip-ban"])
+def test_placement_fault_is_retried_into_exactly_one_order(prefect_api, venue, tmp_path, monkeypatch, faults, sends):
+    """A fault on the first placement: the task retries, looks the client id up before
+    sending again, and exactly one order exists, filled, in the ledger as at the venue."""
     handle, _ = venue
     original, calls = CcxtBroker.place_order, []
 
     async def faulty_place(self, order):
         if not calls:
-            handle.engine.faults[fault] = 1
+            handle.engine.faults.update(faults)
         calls.append(order.client_order_id)
         return await original(self, order)
 
     monkeypatch.setattr(CcxtBroker, "place_order", faulty_place)
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
-    summary = run([signal(f"emu-{fault}")], db)
+    summary = run([signal(f"emu-{'-'.join(faults)}")], db)
     assert summary["n_fills"] == 1
     assert len(handle.engine.orders) == 1
-    assert len(calls) == (2 if fault == "fail_next" else 1)  # lost answer: found by client id, not re-sent
+    assert len(calls) == sends  # an executed order is found by client id, never re-sent
     assert_ledger_matches_venue(Ledger(db), handle.engine)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable
+from datetime import UTC, datetime
 
+import aiohttp
 import ccxt
 import pytest
 
@@ -20,12 +22,21 @@ from brokers.base import (
     RateLimitError,
     Side,
 )
-from brokers.ccxt import DuplicateClientOrderIdError, VenueAuthenticationError, profile_for
+from brokers.ccxt import DuplicateClientOrderIdError, VenueAuthenticationError, VenueBannedError, profile_for
 from brokers.ccxt.errors import mapped_errors, redact, rule_for, translate
 from brokers.emulator import EmulatorHandle
 from tests.brokers.ccxt.conftest import API_KEY, SECRET, SYMBOL, make_broker
 
 BINANCE = profile_for("binance")
+BAN = ("binance 418 I'm a teapot "
+       ' {"code":-1003,"msg":"Way too much request weight used; IP banned until '
+       '1700000000000. Please use WebSocket Streams for live updates to avoid bans."}')
+
+
+def caused_by(exc: Exception, cause: Exception) -> Exception:
+    """``exc`` as ccxt raises it ``from`` a transport error."""
+    exc.__cause__ = cause
+    return exc
 
 
 @pytest.mark.parametrize(
@@ -42,6 +53,11 @@ BINANCE = profile_for("binance")
         (ccxt.AuthenticationError("binance Signature for this request is not valid."), VenueAuthenticationError),
         (ccxt.PermissionDenied("binance This account may not place or cancel orders."), VenueAuthenticationError),
         (ccxt.DDoSProtection("binance 429 Too Many Requests"), RateLimitError),
+        (ccxt.DDoSProtection(BAN), VenueBannedError),
+        (caused_by(ccxt.ExchangeError("binance POST http://127.0.0.1/api/v3/order"),
+                   aiohttp.ClientPayloadError("Response payload is not completed")), BrokerConnectionError),
+        (caused_by(ccxt.ExchangeNotAvailable("binance POST http://127.0.0.1/api/v3/order"),
+                   aiohttp.ServerDisconnectedError()), BrokerConnectionError),
         (ccxt.RateLimitExceeded("binance -1003"), RateLimitError),
         (ccxt.RequestTimeout("binance GET http://127.0.0.1/api/v3/order request timeout"), BrokerConnectionError),
         (ccxt.ExchangeNotAvailable("binance 503"), BrokerConnectionError),
@@ -57,7 +73,17 @@ def test_error_table(raised: Exception, expected: type[BrokerError]) -> None:
     mapped = translate(raised, "place buy 1.0 ETH/BTC market GTC, order tp-1", is_duplicate=BINANCE.is_duplicate)
     assert type(mapped) is expected
     assert "tp-1" in str(mapped) and "ETH/BTC" in str(mapped)
-    assert mapped.retryable is (expected in (RateLimitError, BrokerConnectionError))
+    assert mapped.retryable is (expected in (RateLimitError, VenueBannedError, BrokerConnectionError))
+
+
+def test_a_ban_names_its_end_and_a_broken_answer_says_to_look_up_first() -> None:
+    banned = translate(ccxt.DDoSProtection(BAN), "place buy 1.0 ETH/BTC market GTC, order tp-1")
+    assert isinstance(banned, VenueBannedError)
+    assert banned.banned_until == datetime.fromtimestamp(1_700_000_000, tz=UTC)
+    assert "banned until 2023-11-14T22:13:20+00:00" in str(banned)
+    broken = translate(caused_by(ccxt.ExchangeError("binance POST url"), aiohttp.ClientPayloadError("cut")),
+                       "place buy 1.0 ETH/BTC market GTC, order tp-2")
+    assert "look the order up by client id" in str(broken)
 
 
 def test_order_not_found_wins_over_its_parent_invalid_order() -> None:
@@ -108,6 +134,11 @@ async def test_no_message_or_log_line_carries_the_secret_or_the_key(
         emulator.engine.faults.update(rate_limit_next=1)
         await expect_failure(lambda: broker.get_order_status("1", SYMBOL))
         await expect_failure(lambda: broker.cancel_order("999999", SYMBOL))
+        emulator.engine.faults.update(drop_mid_response_next=1, fault_on="POST /api/v3/order")
+        await expect_failure(lambda: broker.place_order(market(1.0, "tp-canary-3")))
+        emulator.engine.faults.update(ban_s=30)
+        await expect_failure(lambda: broker.get_account_info())
+        emulator.engine.faults["banned_until_ms"] = 0  # lifted
     async with make_broker(emulator, secret=SECRET[::-1]) as wrong:  # a wrong secret must not leak either
         await expect_failure(lambda: wrong.get_account_info())
         said.append(repr(wrong))
