@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from enum import Enum
 from math import isnan
 from typing import Any
@@ -56,8 +57,33 @@ def _json_value(v: Any) -> Any:
     return v
 
 
+SMALL = 64  # rows: below this, plain Python over exact dtypes beats pandas' conversions
+_EPOCH = datetime(1970, 1, 1)
+_UTC_NS = pd.DatetimeTZDtype("ns", "UTC")
+
+
+def _convert_small(series: pd.Series, kind: str) -> list[Any] | None:
+    """`convert` for a few rows of an exact dtype (a live signal's one-row frames), in
+    plain Python; None when the column needs the general path."""
+    dtype = series.dtype
+    if kind == "float" and dtype == np.float64:
+        return [None if v != v else v for v in series.tolist()]
+    if kind == "datetime" and dtype == _UTC_NS:
+        nat = np.iinfo(np.int64).min
+        return [None if v == nat else _EPOCH + timedelta(microseconds=v // 1000) for v in series.array.asi8.tolist()]
+    if kind == "str" and dtype == np.dtype(object):
+        values = series.tolist()
+        if all(type(v) is str for v in values):
+            return values
+    return None
+
+
 def convert(series: pd.Series, kind: str, name: str) -> list[Any]:
     """One column as a list of plain Python values; NaN/NaT/None -> None."""
+    if len(series) <= SMALL:
+        quick = _convert_small(series, kind)
+        if quick is not None:
+            return quick
     try:
         if kind == "float":
             arr = pd.to_numeric(series, errors="raise").to_numpy(dtype="float64", na_value=np.nan)
