@@ -100,6 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--cash", type=_number(float), default=10_000.0)
     lv.add_argument("--quote", default="USDT", help="quote currency of the paper account")
     _common(lv, chunks=False)
+    sw = sub.add_parser("sweep", help="many replays (symbols x parameter sets) fanned out over Dask, one table")
+    sw.add_argument("--ohlcv", required=True, action="append", metavar="SYMBOL=FILE", help="bars of a symbol (repeat)")
+    sw.add_argument("--signals", required=True, action="append", metavar="SYMBOL=FILE",
+                    help="signals of a symbol (repeat; one per --ohlcv symbol)")
+    sw.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                    help="values of a replay parameter to sweep (repeat; cartesian product): cash, fee_rate, "
+                         "slippage_bps, chunk_signals, fill_model, slippage_model, impact_k, participation, "
+                         "latency_ms, venue")
+    sw.add_argument("--cash", type=_number(float), default=10_000.0, help="starting cash of each replay")
+    sw.add_argument("--fee-rate", type=_number(float), default=0.001, help="fee rate of each replay (default 0.001)")
+    sw.add_argument("--slippage-bps", type=_number(float), default=0.0)
+    sw.add_argument("--out", required=True, help="directory for sweep.csv and cases/<case>/ (each replay's files)")
+    sw.add_argument("--workers", type=_number(int), default=None,
+                    help="local Dask workers (default TRADPAL_DASK_WORKERS, else one per core)")
+    sw.add_argument("--dask-address", default=None,
+                    help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (default TRADPAL_DASK_ADDRESS)")
+    _common(sw)
+
     from tradpal.emulator_cli import add_parser as _emulator_parser
 
     _emulator_parser(sub)
@@ -228,6 +246,36 @@ def cmd_replay(args) -> int:
         print(f"tradpal: error: {exc}", file=sys.stderr)
         return 2
     _print_summary(summary)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from tradpal.config import Settings
+    from tradpal.sweep import check_markets, markets_from, pairs, parse_grid, plan_sweep
+
+    markets = markets_from(pairs(args.ohlcv, "--ohlcv"), pairs(args.signals, "--signals"))
+    grid = parse_grid(args.grid)
+    base = {"cash": args.cash, "fee_rate": args.fee_rate, "slippage_bps": args.slippage_bps}
+    if args.chunk_signals is not None:
+        base["chunk_signals"] = args.chunk_signals
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers: must be >= 1, got {args.workers}")
+    if args.dask_address is not None:
+        try:
+            Settings(dask_address=args.dask_address)
+        except ValueError as exc:
+            raise InputError(f"--dask-address: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    plan_sweep(markets, grid, base, args.out)  # every input problem surfaces here, before any run starts
+    check_markets(markets)
+    _prepare_prefect()
+    from flows.replay_sweep import run_sweep
+
+    result = run_sweep([vars(m) for m in markets], grid, base, args.out, args.database_url,
+                       workers=args.workers, address=args.dask_address)
+    columns = ["n_fills", "final_equity", "max_drawdown", "seconds"]
+    for row in result["table"]:
+        print(f"{row['case']}  " + "  ".join(f"{c}={_fmt(row.get(c))}" for c in columns))
+    print(f"table: {result['path']}")
     return 0
 
 
@@ -419,7 +467,7 @@ def cmd_intake(args) -> int:
     return run(args)
 
 
-COMMANDS = {"signal": cmd_signal, "intake": cmd_intake, "audit": cmd_audit, "risk": cmd_risk, "replay": cmd_replay, "demo": cmd_demo, "analytics": cmd_analytics, "live": cmd_live,
+COMMANDS = {"signal": cmd_signal, "intake": cmd_intake, "audit": cmd_audit, "risk": cmd_risk, "replay": cmd_replay, "sweep": cmd_sweep, "demo": cmd_demo, "analytics": cmd_analytics, "live": cmd_live,
             "exchange-emulator": cmd_exchange_emulator}
 
 

@@ -3,6 +3,7 @@ default for everything), validated before any run starts."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -29,12 +30,22 @@ class Settings(BaseSettings):
                                             "currency) wait for approval in the Prefect UI; unset: off")
     approval_timeout_s: float = Field(900.0, gt=0, description="seconds an order waits for approval before it "
                                       "is cancelled")
+    dask_address: str | None = Field(None, description="Dask scheduler of replay sweeps (tcp://host:8786); unset: "
+                                      "a local cluster")
+    dask_workers: int | None = Field(None, ge=1, description="workers of the local Dask cluster (default: one per core)")
 
     @field_validator("broker")
     @classmethod
     def _known_broker(cls, v: str) -> str:
         if v not in BROKERS:
             raise ValueError(f"unknown broker {v!r} (available: {', '.join(BROKERS)})")
+        return v
+
+    @field_validator("dask_address")
+    @classmethod
+    def _scheduler_address(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"(tcp|tls|ucx|ws|wss)://[^/\s]+:\d+/?", v):
+            raise ValueError(f"expected a Dask scheduler address like tcp://host:8786, got {v!r}")
         return v
 
     @field_validator("exchange_url")
