@@ -9,8 +9,14 @@
   the ledger is adopted: recorded under a synthetic signal ``adopted:<client id>``
   (strategy "adopted") in the live namespace.
 
+* Each signal of the namespace that a run which is gone left with neither an order nor a
+  rejection (the process died between receiving it and creating its order) gets a
+  rejection at step ``reconcile``: "interrupted ..." — it was never traded. Only signals
+  received more than ``ORPHAN_AFTER_S`` ago count, so that another worker's signal in
+  flight (milliseconds from claim to order) is left alone.
+
 Every action is audited (``order.reconciled``, ``order.rejected``, ``order.adopted``,
-``order.missing_at_venue``), and the whole pass as ``reconcile.completed``. The look-up
+``order.missing_at_venue``, ``signal.interrupted``), and the whole pass as ``reconcile.completed``. The look-up
 of open orders at the venue is a capability (``get_open_orders``), used if the broker
 has it. ``reconcile`` is a plain coroutine; ``reconcile_task`` its thin Prefect task.
 """
@@ -18,22 +24,26 @@ has it. ``reconcile`` is a plain coroutine; ``reconcile_task`` its thin Prefect 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import select
+from sqlalchemy import exists, or_, select
 
 from brokers.base import BaseBroker, Order, OrderResult, is_retryable
 from tradpal.ledger import Ledger, Provenance
 from tradpal.ledger.models import Order as OrderRow
+from tradpal.ledger.models import Rejection as RejectionRow
 from tradpal.ledger.models import Signal as SignalRow
 
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED", "CREATED", "UNKNOWN")
 UNSENT_STATUSES = ("CREATED", "UNKNOWN")
 NEVER_REACHED = "never reached the venue"
+INTERRUPTED = ("interrupted: the process stopped after the signal was received and before its order was "
+               "created; not traded")
+ORPHAN_AFTER_S = 2.0
 STEP = "reconcile"
 
 
@@ -47,10 +57,12 @@ class ReconcileReport:
     adopted: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     fills: int = 0
+    interrupted: list[str] = field(default_factory=list)  # signal ids
 
     def as_dict(self) -> dict[str, Any]:
         return {"checked": self.checked, "updated": self.updated, "rejected": self.rejected,
-                "adopted": self.adopted, "missing": self.missing, "fills": self.fills}
+                "adopted": self.adopted, "missing": self.missing, "fills": self.fills,
+                "interrupted": self.interrupted}
 
 
 def open_ledger_orders(ledger: Ledger, venue: str, namespace: str) -> list[dict[str, Any]]:
@@ -62,6 +74,33 @@ def open_ledger_orders(ledger: Ledger, venue: str, namespace: str) -> list[dict[
             .order_by(o.c.id))
     with ledger.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def orphan_signals(ledger: Ledger, namespace: str, run_id: str | None, before: datetime) -> list[str]:
+    """Signal ids of ``namespace`` received before ``before`` by a run other than ``run_id``
+    that have neither an order nor a rejection."""
+    s, o, r = SignalRow.__table__, OrderRow.__table__, RejectionRow.__table__
+    stmt = (select(s.c.signal_id)
+            .where(s.c.namespace == namespace, s.c.received_at < before,
+                   or_(s.c.run_id.is_(None), s.c.run_id != run_id) if run_id else s.c.namespace == namespace,
+                   ~exists().where(o.c.signal_pk == s.c.id),
+                   ~exists().where(r.c.namespace == namespace, r.c.signal_id == s.c.signal_id))
+            .order_by(s.c.id))
+    with ledger.engine.connect() as conn:
+        return [row[0] for row in conn.execute(stmt)]
+
+
+def _settle_orphans(ledger: Ledger, namespace: str, prov: Provenance, report: ReconcileReport) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=ORPHAN_AFTER_S)
+    ids = orphan_signals(ledger, namespace, prov.run_id, before)
+    if not ids:
+        return
+    with ledger.transaction() as s:
+        ledger.record_rejections(s, pd.DataFrame({"signal_id": ids, "step": STEP, "reason": INTERRUPTED}),
+                                 namespace=namespace, prov=prov)
+        ledger.audit_many(s, [{"event": "signal.interrupted", "entity": "signal", "entity_id": sid,
+                               "payload": {"reason": INTERRUPTED}} for sid in ids], prov=prov)
+    report.interrupted += ids
 
 
 def _utc(t: datetime | None) -> pd.Timestamp:
@@ -168,6 +207,7 @@ async def reconcile(ledger: Ledger, broker: BaseBroker, *, namespace: str = "liv
             if coid.startswith(f"{prefix}-") and ledger.find_order(venue, coid) is None:
                 report.fills += _adopt(ledger, venue, namespace, order, result, prov)
                 report.adopted.append(coid)
+    _settle_orphans(ledger, namespace, prov, report)
     with ledger.transaction() as s:
         ledger.audit(s, "reconcile.completed", "venue", entity_id=venue, payload=report.as_dict(), prov=prov)
     return report
