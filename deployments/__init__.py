@@ -10,6 +10,10 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# Deployments whose cadence is part of operating TradPal (the yaml owns their schedule);
+# every other one is scheduled by users in the UI, so its yaml must not carry `schedules:`.
+SCHEDULED = frozenset({"post-trade-analytics", "risk-monitor"})
+SIGNAL_EVENT = "tradpal.signal.received"
 
 
 def load_flow(entrypoint: str, root: Path = ROOT):
@@ -36,6 +40,12 @@ def check_prefect_yaml(path: Path = ROOT / "prefect.yaml") -> list[str]:
         unknown = set(dep.get("parameters") or {}) - set(flow.parameters.properties)
         if unknown:
             problems.append(f"{dep['name']}: unknown parameters {sorted(unknown)}")
-        if "schedules" in dep:
+        if "schedules" in dep and dep["name"] not in SCHEDULED:
             problems.append(f"{dep['name']}: has schedules: (users schedule in the UI)")
+        if dep["name"] in SCHEDULED and not dep.get("schedules"):
+            problems.append(f"{dep['name']}: needs its schedule in the yaml")
+        for trigger in dep.get("triggers") or []:
+            unknown = set(trigger.get("parameters") or {}) - set(flow.parameters.properties)
+            if unknown:
+                problems.append(f"{dep['name']}: trigger passes unknown parameters {sorted(unknown)}")
     return problems

@@ -107,7 +107,21 @@ def approval_caller(call, policy: ApprovalPolicy):
     return approving_call
 
 
-@flow(name="live-execution", persist_result=False)
+def signals_label(signals: list[dict]) -> str:
+    """What a run or task run is about: ``<signal id> <strategy> <symbol>`` for one
+    signal (an event-triggered run), else ``<n> signals <symbols>``."""
+    if len(signals) == 1:
+        s = signals[0]
+        return f"{s.get('signal_id', '?')} {s.get('strategy') or 'live'} {str(s.get('symbol', '?')).upper()}"
+    symbols = sorted({str(s.get("symbol", "?")).upper() for s in signals})
+    return f"{len(signals)} signals {','.join(symbols[:3])}{'…' if len(symbols) > 3 else ''}"
+
+
+def _run_name() -> str:
+    return f"live {signals_label(flow_run.parameters.get('signals') or [])}"
+
+
+@flow(name="live-execution", flow_run_name=_run_name, persist_result=False)
 async def live_execution(signals: list[dict], prices: dict[str, float] | None = None, cash: float = 10_000.0,
                          quote: str = "USDT", database_url: str | None = None) -> dict:
     """Run ``signals`` (records with timestamp, symbol, side, quantity, ...) through the
@@ -116,6 +130,9 @@ async def live_execution(signals: list[dict], prices: dict[str, float] | None = 
     ``prices`` and ``cash`` only matter for the paper broker; a venue's reference
     prices come from its tickers and its cash from its account."""
     prices = {k.upper(): float(v) for k, v in (prices or {}).items()}
+    for s in signals:  # a signal's own reference price prices its symbol when none is given (an event)
+        if s.get("reference_price") and str(s.get("symbol", "")).upper() not in prices:
+            prices[str(s["symbol"]).upper()] = float(s["reference_price"])
     settings = load_settings()
     ledger = Ledger(database_url or settings.ledger_url())
     clock = WallClock()
@@ -134,7 +151,7 @@ async def live_execution(signals: list[dict], prices: dict[str, float] | None = 
         ctx.recorder = LedgerRecorder(ledger, run_id=run_id, namespace="live", venue=broker.name)
         ctx.alerter = alerter_from_env()
         ctx.config = PipelineConfig(rules={s: ctx.config.default_rules for s in prices})
-        call, approval = task_caller("live"), policy_from(settings, ctx.config.risk)
+        call, approval = task_caller(signals_label(signals)), policy_from(settings, ctx.config.risk)
         if approval.enabled:
             call = approval_caller(call, approval)
         reports = await run_batch(pd.DataFrame(signals), ctx, call=call)
