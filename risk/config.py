@@ -87,6 +87,49 @@ class BreakerConfig(_Strict):
     loss_limit: LossLimitBreaker | None = None
 
 
+class Level(_Strict):
+    """Where a bracket leg sits: exactly one of ``percent`` (of the entry's fill price),
+    ``atr_multiple`` (x ATR over ``atr_period`` bars at the fill) or ``price`` (absolute)."""
+
+    percent: Fraction | None = Field(None, gt=0, lt=1, description="distance from the entry fill price")
+    atr_multiple: float | None = Field(None, gt=0, description="distance in ATRs of the symbol at the fill")
+    atr_period: int = Field(14, ge=1)
+    price: float | None = Field(None, gt=0, description="an absolute price")
+
+    @model_validator(mode="after")
+    def _one(self) -> Level:
+        given = [k for k in ("percent", "atr_multiple", "price") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of percent, atr_multiple, price (got {', '.join(given) or 'none'})")
+        return self
+
+
+class BracketRule(_Strict):
+    """A protective stop and/or a target attached to each buy entry of a strategy, as an
+    OCO pair (one fills, the other is cancelled); ``trailing``: the stop follows the highest
+    price since the entry at its initial distance."""
+
+    stop_loss: Level | None = None
+    take_profit: Level | None = None
+    trailing: bool = False
+
+    @model_validator(mode="after")
+    def _legs(self) -> BracketRule:
+        if self.stop_loss is None and self.take_profit is None:
+            raise ValueError("a bracket needs stop_loss, take_profit or both")
+        if self.trailing and self.stop_loss is None:
+            raise ValueError("trailing needs stop_loss")
+        return self
+
+
+class BracketConfig(_Strict):
+    default: BracketRule | None = None
+    strategies: dict[str, BracketRule] = {}
+
+    def rule_for(self, strategy: str) -> BracketRule | None:
+        return self.strategies.get(strategy, self.default)
+
+
 class RiskConfig(_Strict):
     portfolio: PortfolioLimits
     breakers: BreakerConfig = BreakerConfig()
@@ -94,6 +137,7 @@ class RiskConfig(_Strict):
     assets: dict[str, AssetLimits] = {}
     sectors: dict[str, SectorLimits] = {}
     alerts: AlertConfig = AlertConfig()
+    brackets: BracketConfig = BracketConfig()
 
     @model_validator(mode="after")
     def _sectors_defined(self) -> RiskConfig:
@@ -185,6 +229,14 @@ breakers:
     cooldown_minutes: 60
   loss_limit:
     threshold: 0.10         # 10% below the starting equity halts all new risk until `tradpal risk reset`
+
+brackets:                   # stop loss / take profit on each buy entry, as an OCO pair
+  strategies:
+    breakout:
+      stop_loss: {atr_multiple: 2.0, atr_period: 14}   # or {percent: 0.02} or {price: 90000}
+      take_profit: {percent: 0.06}
+      trailing: true        # the stop follows the highest price since the entry at its initial distance
+  # default: {stop_loss: {percent: 0.05}}   # for strategies not listed
 
 alerts:
   urls: []                  # Apprise URLs, e.g. json://127.0.0.1:8080/alerts; also TRADPAL_ALERT_URLS

@@ -210,6 +210,8 @@ class ExecutionContext:
         self.default_strategy = strategy
         self.alerter: Any = None  # risk.alerts.Alerter, when alert channels are configured
         self.open_orders: dict[str, OpenOrder] = {}
+        self.brackets: dict[str, Any] = {}  # monitoring: risk.brackets.Bracket by entry client order id
+        self.brackets_restored = False  # monitoring: open bracket legs taken over from the ledger
         self.generated_signal_ids = 0  # intake: ids given so far to signals that came without one
         self.monitor_until: pd.Timestamp | None = None  # replay: the end of the current chunk
         self.final = False  # replay: the last chunk; whatever is still open expires

@@ -4,6 +4,12 @@ timeout; at the end of a replay, cancel what can no longer fill.
 
 Monitoring keeps what it has seen in ``ctx.open_orders`` and only commits that memory
 when the whole pass succeeded, so a retried pass reports nothing twice and loses nothing.
+
+Brackets (`risk.brackets`, from the risk configuration) are run here too: native where
+the broker declares ``supports_brackets`` (attached to the entry as it is first seen),
+emulated otherwise (legs placed when the entry has filled, the other leg cancelled on the
+first fill; a replay then steps bar by bar while such a bracket works). Bracket legs are
+protective: no order timeout cancels them and a live pass does not wait for them.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import pandas as pd
 
 from brokers.base import OrderResult, OrderStatus
+from tasks.brackets import BracketPass, leg_coids, next_bar_wake
 from tasks.context import ExecutionContext, OpenOrder
 from tasks.contracts import ExecutionFrame
 from tasks.step import StepResult, rejections
@@ -93,24 +100,35 @@ async def monitor_executions(placed: pd.DataFrame, ctx: ExecutionContext) -> Ste
     """Report fills and terminal states of every open order (this batch's and earlier ones)."""
     cfg = ctx.config
     memory = dict(ctx.open_orders)
-    for row in placed.to_dict("records"):
+    rows = placed.to_dict("records")
+    for row in rows:
         memory.setdefault(row["client_order_id"], OpenOrder(row))
     reports: list[dict] = []
+    brackets = BracketPass(ctx, memory, reports)
+    await brackets.start(rows)
     now = ctx.clock.now()
     deadline = ctx.monitor_until if ctx.monitor_until is not None else (
         now + pd.Timedelta(seconds=cfg.order_timeout_s or 0.0))
     await _poll(ctx, memory, reports)
+    await brackets.advance()
     # a replay chunk moves the market to its end even when nothing is open (the equity
-    # curve and the marks follow the clock); live monitoring stops once nothing is open
-    while (memory or ctx.monitor_until is not None) and ctx.clock.now() < deadline:
-        await ctx.clock.sleep_until(ctx.clock.next_wake(deadline, cfg.poll_interval_s))
+    # curve and the marks follow the clock); live monitoring stops once nothing but
+    # bracket legs is open
+    while (set(memory) - leg_coids(brackets.brackets) or ctx.monitor_until is not None) \
+            and ctx.clock.now() < deadline:
+        wake = ctx.clock.next_wake(deadline, cfg.poll_interval_s)
+        await ctx.clock.sleep_until(next_bar_wake(ctx, brackets.brackets, wake))
         await _poll(ctx, memory, reports)
+        await brackets.advance()
     if cfg.order_timeout_s is not None:
         limit = pd.Timedelta(seconds=cfg.order_timeout_s)
-        stale = [c for c, oo in memory.items() if ctx.clock.now() - oo.row["placed_at"] >= limit]
+        legs = leg_coids(brackets.brackets)
+        stale = [c for c, oo in memory.items() if c not in legs and ctx.clock.now() - oo.row["placed_at"] >= limit]
         await _cancel(ctx, memory, stale, reports, f"canceled: still open after the {cfg.order_timeout_s:g}s timeout")
     if ctx.final:
         await _cancel(ctx, memory, list(memory), reports, END_OF_DATA)
+        await brackets.advance()
+    brackets.commit()
     ctx.open_orders = memory
     frame = pd.DataFrame(reports, columns=COLUMNS)
     frame = _typed(frame)

@@ -1,0 +1,290 @@
+"""The monitoring step's part of brackets (`risk.brackets`): attach or place the legs,
+keep the OCO promise, record the legs in the ledger and the bracket's life in the audit
+log, alert when a stop is hit or a leg cannot be placed, and take open legs over from
+the ledger after a restart.
+
+One `BracketPass` per monitoring call works on that call's memory and reports; its
+changes reach ``ctx`` only in `commit`, so a failed pass (retried by its task) leaves
+nothing half-done behind in memory. Leg orders are written to the ledger in `commit`
+(before the step's own record, which books their fills), once each.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from brokers.base import Order, OrderResult, OrderType, Side
+from risk.brackets import LEG_NAMES, STOP_LEG, TARGET_LEG, Bracket, levels_for, open_legs, skipped_legs
+from tasks.context import ExecutionContext, OpenOrder
+from tasks.orders import client_order_id
+
+log = logging.getLogger("tradpal.brackets")
+
+
+def leg_coids(brackets: dict[str, Bracket]) -> set[str]:
+    return {c for b in brackets.values() for c in b.legs.values()}
+
+
+def next_bar_wake(ctx: ExecutionContext, brackets: dict[str, Bracket], wake: pd.Timestamp) -> pd.Timestamp:
+    """Replay with emulated brackets working: wake at the next bar of their symbols (so
+    that one leg's fill cancels the other before the next bar), else at ``wake``."""
+    if not ctx.clock.simulated:
+        return wake
+    now_ns = ctx.clock.now().value
+    best = wake.value
+    for b in brackets.values():
+        if b.native or b.state == "closed" or b.symbol not in ctx.market:
+            continue
+        ts = ctx.market.timestamps(b.symbol)
+        i = int(np.searchsorted(ts, now_ns, side="right"))
+        if i < len(ts):
+            best = min(best, int(ts[i]))
+    return pd.Timestamp(best, tz="UTC")
+
+
+class BracketPass:
+    """Brackets during one monitoring call."""
+
+    def __init__(self, ctx: ExecutionContext, memory: dict[str, OpenOrder], reports: list[dict]) -> None:
+        self.ctx, self.memory, self.reports = ctx, memory, reports
+        self.brackets: dict[str, Bracket] = dict(ctx.brackets)
+        self.new_legs: list[dict] = []
+        self.audit: list[dict] = []
+        self.alerts: list[tuple[str, str, str, str]] = []  # (key, title, body, level)
+        self.restored = ctx.brackets_restored
+
+    @property
+    def risk(self):
+        return self.ctx.config.risk
+
+    # -- start: restore, sells close, buys attach ---------------------------------------
+
+    async def start(self, placed_rows: list[dict]) -> None:
+        if self.risk is None:
+            return
+        if not self.restored:
+            await self._restore()
+        for row in placed_rows:
+            if row["side"] == "sell":
+                for b in [b for b in self.brackets.values() if b.symbol == row["symbol"] and b.state == "open"]:
+                    await self._close(b, f"closed by the sell signal {row['signal_id']}", cancel=True)
+            elif (rule := self.risk.brackets.rule_for(row["strategy"])) is not None:
+                await self._attach(row, rule)
+
+    async def _attach(self, row: dict, rule) -> None:
+        ctx, prefix = self.ctx, self.ctx.config.client_id_prefix
+        sid, symbol = row["signal_id"], row["symbol"]
+        at = np.array([row["signal_time"].value])
+        levels = levels_for(rule, lambda period: float(ctx.market.atr_at(symbol, at, period)[0]))
+        native = bool(getattr(ctx.broker, "supports_brackets", False))
+        b = Bracket(sid, row["client_order_id"], symbol, row["strategy"],
+                    {STOP_LEG: client_order_id(sid, STOP_LEG, prefix), TARGET_LEG: client_order_id(sid, TARGET_LEG, prefix)},
+                    native, rule.trailing, "pending", levels, rule, row["signal_time"])
+        if native:
+            ctx.broker.attach_bracket(row["broker_order_id"], symbol, levels=levels,
+                                      stop_client_order_id=b.legs[STOP_LEG],
+                                      target_client_order_id=b.legs[TARGET_LEG], trailing=rule.trailing)
+        self.brackets[b.entry] = b
+
+    async def _restore(self) -> None:
+        """Open legs in the ledger (a restarted process) join this pass's memory."""
+        self.restored = True
+        ledger = getattr(self.ctx.recorder, "ledger", None)
+        if ledger is None:
+            return
+        legs = open_legs(ledger, self.ctx.namespace, self.ctx.venue, self.ctx.config.client_id_prefix)
+        native = bool(getattr(self.ctx.broker, "supports_brackets", False))
+        for r in legs:
+            entry = client_order_id(r["signal_id"], 0, self.ctx.config.client_id_prefix)
+            b = self.brackets.get(entry) or Bracket(r["signal_id"], entry, r["symbol"], r["strategy"] or "default",
+                                                    {}, native, state="open",
+                                                    signal_time=pd.Timestamp(r["signal_time"]))
+            self.brackets[entry] = Bracket(**{**b.__dict__, "legs": {**b.legs, r["leg"]: r["client_order_id"]}})
+            if r["client_order_id"] not in self.memory:
+                row = _leg_row(b, r["leg"], r["client_order_id"], r["broker_order_id"], r["quantity"],
+                               r["stop_price"] if r["leg"] == STOP_LEG else r["price"],
+                               pd.Timestamp(r["placed_at"] or r["created_at"]))
+                filled = float(r["filled_quantity"] or 0.0)
+                self.memory[r["client_order_id"]] = OpenOrder(row, int(r["fills_seen"]), filled,
+                                                              float(r["avg_price"] or 0.0), float(r["fees"] or 0.0))
+                self.audit.append({"event": "bracket.resumed", "entity": "order", "entity_id": r["client_order_id"],
+                                   "payload": {"signal_id": r["signal_id"], "leg": LEG_NAMES[r["leg"]]}})
+
+    # -- advance: activate, keep the OCO promise, close ---------------------------------
+
+    async def advance(self) -> None:
+        for entry, b in list(self.brackets.items()):
+            if b.state == "pending" and entry not in self.memory:
+                await self._activate(b)
+        for b in list(self.brackets.values()):
+            if b.state == "open":
+                await self._watch(b)
+
+    async def _activate(self, b: Bracket) -> None:
+        from tasks.placement import place_one
+
+        ctx = self.ctx
+        entry = await ctx.broker.get_order_by_client_id(b.entry, b.symbol)
+        if entry is None or not entry.executed_quantity > 0:
+            self._set(b.with_state("closed"))
+            return
+        assert b.levels is not None and b.rule is not None and entry.executed_price is not None
+        avg, qty = float(entry.executed_price), float(entry.executed_quantity)
+        stop, target = b.levels(avg)
+        prices = {STOP_LEG: stop, TARGET_LEG: target}
+        placed: dict[int, OrderResult] = {}
+        for leg in (STOP_LEG, TARGET_LEG):  # the stop first: on a bar that reaches both, it wins
+            if prices[leg] is None:
+                continue
+            if b.native:
+                result = await ctx.broker.get_order_by_client_id(b.legs[leg], b.symbol)
+            else:
+                result = await place_one(ctx, _leg_order(b, leg, qty, prices[leg], ctx.clock.now()))
+            if result is not None:
+                placed[leg] = result
+        problems = skipped_legs(b.rule, stop, target, avg)
+        if problems:
+            self._alert(f"bracket:{b.signal_id}:skipped", f"TradPal bracket leg not placed: {b.symbol}",
+                        f"Entry {b.entry} (signal {b.signal_id}, strategy {b.strategy}) filled {qty:g} @ {avg:g}; "
+                        + "; ".join(problems) + ".", "warning")
+        legs = {leg: r.client_order_id for leg, r in placed.items()}
+        self._set(Bracket(**{**b.__dict__, "legs": legs, "state": "open" if legs else "closed"}))
+        placed_at = pd.Timestamp(entry.timestamp)
+        for leg, r in placed.items():
+            row = _leg_row(b, leg, r.client_order_id, r.order_id, qty, prices[leg], placed_at)
+            self.memory[r.client_order_id] = OpenOrder(row)
+            self.new_legs.append({**row, "status": r.status.value, "order_type": "stop" if leg == STOP_LEG else "limit",
+                                  "price": prices[leg] if leg == TARGET_LEG else None,
+                                  "stop_price": prices[leg] if leg == STOP_LEG else None})
+        self.audit.append({"event": "bracket.opened", "entity": "signal", "entity_id": b.signal_id, "payload": {
+            "entry": b.entry, "symbol": b.symbol, "quantity": qty, "entry_price": avg, "native": b.native,
+            "trailing": b.trailing, "stop": stop, "target": target, "legs": {LEG_NAMES[k]: v for k, v in legs.items()},
+            "skipped": problems}})
+        await self._poll_legs(legs.values())
+
+    async def _watch(self, b: Bracket) -> None:
+        """The first fill of a leg closes the bracket; emulated: cancel the other leg."""
+        filled = [leg for leg, c in b.legs.items() if self._filled(c)]
+        if filled:
+            winner = b.legs[filled[0]]
+            others = [c for c in b.legs.values() if c != winner]
+            if not b.native:
+                await self._cancel_legs(others, f"OCO: the other leg {winner} filled")
+            else:
+                await self._poll_legs(others)
+            self._closed(b, LEG_NAMES[filled[0]], winner)
+        elif not any(c in self.memory for c in b.legs.values()):
+            self._closed(b, "ended", None)
+
+    async def _close(self, b: Bracket, reason: str, *, cancel: bool) -> None:
+        if cancel:
+            await self._cancel_legs(list(b.legs.values()), reason)
+        self._closed(b, "canceled", None, reason)
+
+    def _closed(self, b: Bracket, outcome: str, leg: str | None, reason: str | None = None) -> None:
+        self._set(b.with_state("closed"))
+        fill = next((r for r in reversed(self.reports) if r["client_order_id"] == leg and r["last_qty"] > 0), None)
+        payload = {"entry": b.entry, "symbol": b.symbol, "outcome": outcome, "leg": leg, "reason": reason,
+                   "price": fill["last_px"] if fill else None}
+        self.audit.append({"event": "bracket.closed", "entity": "signal", "entity_id": b.signal_id, "payload": payload})
+        if outcome == "stop":
+            at = f" @ {fill['avg_px']:g}" if fill else ""
+            self._alert(f"bracket:{b.signal_id}:stop", f"TradPal stop loss hit: {b.symbol}",
+                        f"The protective stop {leg} of signal {b.signal_id} (strategy {b.strategy}) filled{at}; "
+                        "the target was cancelled.", "warning")
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _filled(self, coid: str) -> bool:
+        oo = self.memory.get(coid)
+        if oo is not None and oo.cum_qty > 0:
+            return True
+        return any(r["client_order_id"] == coid and r["last_qty"] > 0 for r in self.reports)
+
+    async def _poll_legs(self, coids) -> None:
+        from tasks.monitoring import _advance
+
+        for coid in list(coids):
+            oo = self.memory.get(coid)
+            if oo is not None:
+                result = await self.ctx.broker.get_order_status(oo.row["broker_order_id"], oo.row["symbol"])
+                _advance(self.memory, coid, oo, result, self.reports)
+
+    async def _cancel_legs(self, coids, reason: str) -> None:
+        from tasks.monitoring import _advance
+
+        for coid in coids:
+            oo = self.memory.get(coid)
+            if oo is None:
+                continue
+            result = await self.ctx.broker.get_order_status(oo.row["broker_order_id"], oo.row["symbol"])
+            if not result.status.is_terminal:
+                result = await self.ctx.broker.cancel_order(oo.row["broker_order_id"], oo.row["symbol"])
+            _advance(self.memory, coid, oo, result, self.reports, reason)
+
+    def _set(self, b: Bracket) -> None:
+        self.brackets[b.entry] = b
+
+    def _alert(self, key: str, title: str, body: str, level: str) -> None:
+        self.alerts.append((key, title, body, level))
+
+    # -- commit --------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """The pass succeeded: legs and audit rows to the ledger, alerts out, state to ``ctx``."""
+        ctx = self.ctx
+        ledger = getattr(ctx.recorder, "ledger", None)
+        if ledger is not None and (self.new_legs or self.audit):
+            _record(ledger, ctx, self.new_legs, self.audit)
+        if ctx.alerter is not None and self.alerts:
+            from tasks.pipeline import provenance
+
+            prov = provenance(ctx)
+            sent = [ctx.alerter.notify(k, t, f"{body} Flow run {prov.flow_run_id}.", level=lv)
+                    for k, t, body, lv in self.alerts]
+            ctx.recorder.record_alerts(sent, prov)
+        ctx.brackets = {k: b for k, b in self.brackets.items() if b.state != "closed"}
+        ctx.brackets_restored = self.restored
+
+
+def _leg_row(b: Bracket, leg: int, coid: str, broker_order_id: str, quantity: float, price: float | None,
+             placed_at: pd.Timestamp) -> dict:
+    """A leg as monitoring remembers it (the fields its execution reports need); its
+    reference price is the leg's level, so step 8's slippage is against the stop/target."""
+    placed_at = placed_at.tz_localize("UTC") if placed_at.tzinfo is None else placed_at.tz_convert("UTC")
+    signal_time = b.signal_time if b.signal_time is not None else placed_at
+    signal_time = signal_time.tz_localize("UTC") if signal_time.tzinfo is None else signal_time
+    return {"client_order_id": coid, "broker_order_id": broker_order_id, "signal_id": b.signal_id,
+            "symbol": b.symbol, "side": "sell", "strategy": b.strategy, "quantity": float(quantity),
+            "reference_price": float(price) if price is not None else float("nan"),
+            "signal_time": signal_time, "placed_at": placed_at}
+
+
+def _leg_order(b: Bracket, leg: int, quantity: float, price: float, now: pd.Timestamp) -> Order:
+    if leg == STOP_LEG:
+        return Order(b.symbol, Side.SELL, OrderType.STOP, quantity, b.legs[leg], stop_price=price,
+                     placed_at=now.to_pydatetime())
+    return Order(b.symbol, Side.SELL, OrderType.LIMIT, quantity, b.legs[leg], price=price,
+                 placed_at=now.to_pydatetime())
+
+
+def _record(ledger, ctx: ExecutionContext, legs: list[dict], audit: list[dict]) -> None:
+    """Leg orders (each once: a retried pass finds them recorded) and the audit rows."""
+    from tasks.pipeline import provenance
+
+    prov = provenance(ctx)
+    fresh = [r for r in legs if ledger.find_order(ctx.venue, r["client_order_id"]) is None]
+    with ledger.transaction() as s:
+        if fresh:
+            frame = pd.DataFrame(fresh)
+            frame["time_in_force"] = "GTC"
+            frame["created_at"] = frame["placed_at"]
+            ledger.record_orders(s, frame, namespace=ctx.namespace, venue=ctx.venue, prov=prov)
+            ledger.update_orders(s, frame[["client_order_id", "broker_order_id", "status", "placed_at"]]
+                                 .assign(updated_at=frame["placed_at"]), venue=ctx.venue, prov=prov)
+        if audit:
+            ledger.audit_many(s, audit, prov=prov)
+    log.info("brackets: %d leg(s) recorded, %d audit row(s)", len(fresh), len(audit))
