@@ -130,6 +130,11 @@ class BracketConfig(_Strict):
         return self.strategies.get(strategy, self.default)
 
 
+class ApprovalConfig(_Strict):
+    notional_above: float | None = Field(None, gt=0, description="live orders above this notional wait for a person")
+    timeout_s: float = Field(900.0, gt=0, description="seconds to wait for the answer before cancelling the order")
+
+
 class RiskConfig(_Strict):
     portfolio: PortfolioLimits
     breakers: BreakerConfig = BreakerConfig()
@@ -138,6 +143,7 @@ class RiskConfig(_Strict):
     sectors: dict[str, SectorLimits] = {}
     alerts: AlertConfig = AlertConfig()
     brackets: BracketConfig = BracketConfig()
+    approval: ApprovalConfig = ApprovalConfig()
 
     @model_validator(mode="after")
     def _sectors_defined(self) -> RiskConfig:
@@ -237,6 +243,10 @@ brackets:                   # stop loss / take profit on each buy entry, as an O
       take_profit: {percent: 0.06}
       trailing: true        # the stop follows the highest price since the entry at its initial distance
   # default: {stop_loss: {percent: 0.05}}   # for strategies not listed
+
+approval:                   # live orders above notional_above wait for a person in the Prefect UI (off unless set)
+  # notional_above: 25000   # quote currency: quantity x reference price
+  timeout_s: 900            # no answer within 15 minutes cancels the order
 
 alerts:
   urls: []                  # Apprise URLs, e.g. json://127.0.0.1:8080/alerts; also TRADPAL_ALERT_URLS

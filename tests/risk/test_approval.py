@@ -5,7 +5,6 @@ real API in tests/flows/test_approval.py."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -26,9 +25,11 @@ from risk.approval import (
 from risk.config import parse_risk_config
 from tasks.context import PipelineConfig, SymbolRules
 from tests.tasks.conftest import ledger_context, raw_signals, run, run_through
-from tradpal.config import Settings
+from tradpal.config import Settings, load_settings
+from tradpal.errors import ConfigError
 
 AT = datetime(2026, 11, 24, 8, 30, tzinfo=UTC)
+PORTFOLIO = "portfolio: {max_drawdown: 0.2, max_daily_loss: 0.05, max_gross_exposure: 1.0}\n"
 
 
 def orders(*rows: tuple[float, float, float]) -> pd.DataFrame:
@@ -58,19 +59,19 @@ def test_policy_from_settings_and_from_the_risk_yaml(monkeypatch):
     monkeypatch.setenv("TRADPAL_APPROVAL_NOTIONAL", "2500")
     monkeypatch.setenv("TRADPAL_APPROVAL_TIMEOUT_S", "30")
     assert policy_from(Settings()) == ApprovalPolicy(2500, 30)
-    section = SimpleNamespace(approval=SimpleNamespace(notional_above=7000.0, timeout_s=120.0))
-    assert policy_from(Settings(), section) == ApprovalPolicy(7000, 120)  # the risk YAML wins when it sets one
+    risk = parse_risk_config(PORTFOLIO + "approval: {notional_above: 7000, timeout_s: 120}")
+    assert policy_from(Settings(), risk) == ApprovalPolicy(7000, 120)  # the risk YAML wins when it sets one
+    assert policy_from(Settings(), parse_risk_config(PORTFOLIO)) == ApprovalPolicy(2500, 30)
 
 
 def test_bad_thresholds_are_refused_naming_the_key(monkeypatch):
+    with pytest.raises(ConfigError, match="approval.notional_above: Input should be greater than 0"):
+        parse_risk_config(PORTFOLIO + "approval: {notional_above: -1}")
     with pytest.raises(ValueError, match="approval.notional_above"):
         ApprovalPolicy(0)
     with pytest.raises(ValueError, match="approval.timeout_s"):
         ApprovalPolicy(100, timeout_s=0)
     monkeypatch.setenv("TRADPAL_APPROVAL_NOTIONAL", "-5")
-    from tradpal.config import load_settings
-    from tradpal.errors import ConfigError
-
     with pytest.raises(ConfigError, match="TRADPAL_APPROVAL_NOTIONAL"):
         load_settings()
 
