@@ -5,7 +5,9 @@
                             TRADPAL_EXCHANGE_URL (API base override, e.g. the emulator),
                             TRADPAL_SANDBOX (the venue's testnet), credentials from the
                             Prefect Secret blocks named by TRADPAL_API_KEY_BLOCK /
-                            TRADPAL_API_SECRET_BLOCK, else TRADPAL_API_KEY / TRADPAL_API_SECRET
+                            TRADPAL_API_SECRET_BLOCK, else TRADPAL_API_KEY / TRADPAL_API_SECRET;
+                            one request rate per venue account over all runs
+                            (TRADPAL_VENUE_RATE_LIMIT / _BURST, ``tradpal.venue_limits``)
 
 Credentials are only ever held as ``SecretStr`` until they are handed to the broker;
 no message here contains them.
@@ -78,8 +80,24 @@ def ccxt_broker(settings: Settings, quote: str | None = None) -> BaseBroker:
         raise ConfigError(f"TRADPAL_EXCHANGE: no venue profile for {settings.exchange!r} "
                           f"(known: {', '.join(sorted(PROFILES))})")
     api_key, secret = credentials(settings)
+    name = venue_name(settings)
     return CcxtBroker(settings.exchange, api_key=api_key, secret=secret, base_url=settings.exchange_url,
-                      sandbox=settings.sandbox, name=venue_name(settings), quote_currency=quote)
+                      sandbox=settings.sandbox, name=name, quote_currency=quote,
+                      request_gate=venue_rate_gate(settings, name, api_key))
+
+
+def venue_rate_gate(settings: Settings, venue: str, api_key: str):
+    """The Prefect rate limit shared by every run on this venue account (None when
+    TRADPAL_VENUE_RATE_LIMIT is 0)."""
+    from brokers.ccxt import profile_for
+    from tradpal.venue_limits import PrefectRateGate, VenueRateLimit, limit_name
+
+    profile = profile_for(settings.exchange)
+    per_second = profile.requests_per_second if settings.venue_rate_limit is None else settings.venue_rate_limit
+    if per_second == 0:
+        return None
+    burst = settings.venue_rate_burst or profile.request_burst
+    return PrefectRateGate(VenueRateLimit(limit_name(venue, api_key), per_second, burst))
 
 
 def make_broker(settings: Settings, *, cash: float = 10_000.0, quote: str = "USDT",

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     api_secret: SecretStr | None = Field(None, description="venue API secret (prefer a Prefect Secret block)")
     api_key_block: str | None = Field(None, description="name of the Prefect Secret block holding the API key")
     api_secret_block: str | None = Field(None, description="name of the Prefect Secret block holding the API secret")
+    venue_rate_limit: float | None = Field(
+        None, ge=0, description="requests per second to the venue account over all runs together, a Prefect "
+        "rate limit (broker ccxt; default: the venue profile's; 0: off, ccxt's own limiter only)")
+    venue_rate_burst: int | None = Field(None, ge=1, description="burst of that rate limit (default: the profile's)")
     approval_notional: float | None = Field(None, gt=0, description="live orders above this notional (quote "
                                             "currency) wait for approval in the Prefect UI; unset: off")
     approval_timeout_s: float = Field(900.0, gt=0, description="seconds an order waits for approval before it "

@@ -7,7 +7,9 @@ profile (``profiles.py``) and with ccxt's errors mapped once (``errors.py``).
         result = await broker.place_order(order)
 
 * ``connect`` builds ``ccxt.async_support.<exchange_id>`` (rate limiter on) and loads
-  the markets; quantities and prices are rounded with the market's precision
+  the markets. Every HTTP request then waits for ccxt's limiter and, if given, for
+  ``request_gate`` (an async callable shared by every client of the account, e.g.
+  ``tradpal.venue_limits.PrefectRateGate``: one rate for all runs together); quantities and prices are rounded with the market's precision
   (``amount_to_precision`` / ``price_to_precision``) before they are sent.
 * Our client order id travels in the venue's own parameter (Binance ``newClientOrderId``)
   and ``get_order_by_client_id`` finds it again (Binance ``origClientOrderId``), None if
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
@@ -128,6 +130,16 @@ def _when(ms: Any) -> datetime | None:
     return datetime.fromtimestamp(ms / 1000, tz=UTC) if isinstance(ms, int | float) else None
 
 
+def _gated(throttle: Callable[..., Awaitable[Any]], gate: Callable[[], Awaitable[None]]) -> Callable[..., Any]:
+    """ccxt's ``throttle`` (awaited before every request it signs and sends), then ``gate``."""
+
+    async def throttled(cost: Any = None) -> None:
+        await throttle(cost)
+        await gate()
+
+    return throttled
+
+
 class _RedactingLogger(logging.LoggerAdapter):
     """ccxt's ``logger``: its request / response debug lines (headers carry the API key)
     go to ``brokers.ccxt.wire`` with the credentials blanked out."""
@@ -159,6 +171,7 @@ class CcxtBroker(BaseBroker):
         password: str | None = None,
         quote_currency: str | None = None,
         timeout_ms: int = 10_000,
+        request_gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.profile: VenueProfile = profile_for(exchange_id)
         if market_type not in self.profile.market_types:
@@ -177,6 +190,7 @@ class CcxtBroker(BaseBroker):
         self._api_key = api_key
         self._secret = secret
         self._password = password
+        self._request_gate = request_gate
         self._exchange: Any = None
 
     def __repr__(self) -> str:
@@ -217,6 +231,8 @@ class CcxtBroker(BaseBroker):
             exchange.set_sandbox_mode(True)
         if self.base_url:
             exchange.urls["api"] = rebase_api_urls(exchange.urls["api"], self.base_url)
+        if self._request_gate is not None:
+            exchange.throttle = _gated(exchange.throttle, self._request_gate)
         return exchange
 
     # ------------------------------------------------------------------ BaseBroker

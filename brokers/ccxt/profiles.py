@@ -33,6 +33,10 @@ class VenueProfile:
     notes: str = ""
     quote_currency: str = "USDT"  # default currency equity is valued in
     exchange_config: Mapping[str, Any] = field(default_factory=dict)  # top-level ccxt settings
+    # one account's request budget over all runs (tradpal.venue_limits): sustained
+    # requests per second and burst; conservative readings of the venue's published limits
+    requests_per_second: float = 10.0
+    request_burst: int = 20
 
     def accepts_client_order_id(self, client_order_id: str) -> bool:
         return re.fullmatch(self.client_order_id_pattern, client_order_id) is not None
@@ -67,6 +71,9 @@ BINANCE = VenueProfile(
     # order for 200 ms). Same accounting (1200 ccxt units = 6000 weight per minute),
     # but a burst within the budget goes out at once.
     exchange_config=MappingProxyType({"rateLimiterAlgorithm": "rollingWindow"}),
+    # 6000 request weight per minute per IP, 100 orders per 10 s per account
+    requests_per_second=50.0,
+    request_burst=100,
     verified=True,
     notes="Client ids are unique among OPEN orders only: a filled order's id can be reused, "
     "so look up before placing. Commission is charged in the received asset unless BNB pays.",
@@ -83,6 +90,9 @@ KRAKEN = VenueProfile(
     r"|[\x20-\x7e]{1,18}",
     duplicate_markers=("duplicate",),
     quote_currency="USD",
+    # private calls: a counter of 15 (20 Pro) that decays by 0.33 (0.5) per second
+    requests_per_second=0.33,
+    request_burst=15,
     notes="Our tp-<24 hex>-<leg> ids are too long for cl_ord_id: needs a UUID mapping.",
 )
 

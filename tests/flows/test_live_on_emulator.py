@@ -4,6 +4,7 @@ emulator over HTTP, on a real Prefect API. The ledger must agree with the venue.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import io
 import logging
 
@@ -147,3 +148,34 @@ def test_the_secret_appears_nowhere(prefect_api, venue, tmp_path, monkeypatch, c
     for where, text in texts.items():
         for s in (secret, wrong):
             assert s not in text, f"secret leaked into {where}"
+
+
+def test_two_concurrent_runs_together_keep_the_venue_account_rate(prefect_api, venue, tmp_path, monkeypatch):
+    """Two live runs at once on one venue account: the Prefect rate limit (5 requests/s,
+    bursts of 3) spaces their requests together, as counted at the emulator. (Without
+    it the two runs sent their 22 requests in 1.5 s, 16 of them within one second.)"""
+    handle, _ = venue
+    rate, burst = 5.0, 3
+    monkeypatch.setenv("TRADPAL_VENUE_RATE_LIMIT", str(rate))
+    monkeypatch.setenv("TRADPAL_VENUE_RATE_BURST", str(burst))
+
+    async def both() -> list[dict]:
+        return await asyncio.gather(*(live_execution([signal(f"rate-{run}")], quote="BTC",
+                                                     database_url=f"sqlite:///{tmp_path / f'{run}.db'}")
+                                      for run in ("a", "b")))
+
+    summaries = asyncio.run(both())
+    assert [s["n_fills"] for s in summaries] == [1, 1] and len(handle.engine.orders) == 2
+    times = sorted(t for t, _, _ in handle.engine.requests)
+    assert len(times) >= 12
+    busiest = max(bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times))
+    assert busiest <= burst + rate + 1  # any one second: the burst plus what frees in it (+1: edges)
+    assert times[-1] - times[0] >= (len(times) - burst) / rate * 0.8  # and it did hold them back
+
+    from prefect.client.orchestration import get_client
+
+    async def limits() -> list[str]:
+        async with get_client() as client:
+            return [lim.name for lim in await client.read_global_concurrency_limits(limit=200)]
+
+    assert sum(name.startswith(f"tradpal-venue-binance-127.0.0.1-{handle.port}-") for name in asyncio.run(limits())) == 1
