@@ -296,7 +296,8 @@ def summarize(params: ReplayParams, inputs: ReplayInputs, ctx: ExecutionContext,
     position = float(book.positions.get(symbol, 0.0))
     curve = equity_curve(ctx)
     fills = reports[reports["quantity"] > 0]
-    unfilled = int(((reports["exec_type"] == "CANCELED") & (reports["quantity"] == 0)).sum())
+    entries = reports["client_order_id"].str.endswith("-0")  # not bracket legs (a cancelled leg is no signal unfilled)
+    unfilled = int(((reports["exec_type"] == "CANCELED") & (reports["quantity"] == 0) & entries).sum())
     rejected = int(sum(v for k, v in ctx.counts.items() if k.endswith(".rejected")))
     summary = {
         "symbol": symbol,
