@@ -7,7 +7,7 @@ export PREFECT_HOME ?= $(CURDIR)/.tradpal/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: demo test bench chaos lint venv clean
+.PHONY: demo test bench chaos lint venv clean up down
 
 venv: $(STAMP)
 
@@ -29,6 +29,14 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	TRADPAL_HYPOTHESIS_PROFILE=chaos $(PY) -m pytest -q tests/reliability
+
+# A local production-like Prefect stack (server, work pool `tradpal`, worker, deployments):
+# API and UI on 127.0.0.1:$${TRADPAL_PREFECT_PORT:-4200}; `make down` stops what `make up` started.
+up: $(STAMP)
+	$(PY) -m deployments.stack up
+
+down:
+	$(PY) -m deployments.stack down
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -11,7 +11,8 @@ from tradpal.errors import InputError
 
 
 def prefect_runs(run_ids: set[str], task_run_ids: set[str]) -> dict[str, dict[str, Any]]:
-    """Names, states and times of the given flow and task runs (empty if the API is unreachable)."""
+    """Names, states and times of the given flow and task runs, and each flow run's
+    artifact keys (``artifacts``); empty if the API is unreachable."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
@@ -24,7 +25,13 @@ def prefect_runs(run_ids: set[str], task_run_ids: set[str]) -> dict[str, dict[st
                 for r in await client.read_flow_runs(flow_run_filter=FlowRunFilter(
                         id=FlowRunFilterId(any_=[UUID(i) for i in run_ids]))):
                     out[str(r.id)] = {"kind": "flow run", "name": r.name, "state": r.state_name,
-                                      "start": r.start_time, "end": r.end_time}
+                                      "start": r.start_time, "end": r.end_time, "artifacts": []}
+                from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+                for a in await client.read_artifacts(artifact_filter=ArtifactFilter(
+                        flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(i) for i in run_ids]))):
+                    if a.key and str(a.flow_run_id) in out:
+                        out[str(a.flow_run_id)]["artifacts"].append(f"{a.key} ({a.type})")
             if task_run_ids:
                 for r in await client.read_task_runs(task_run_filter=TaskRunFilter(
                         id=TaskRunFilterId(any_=[UUID(i) for i in task_run_ids]))):
@@ -46,6 +53,11 @@ def lineage_text(ledger, signal_id: str, namespace: str | None = None, *, with_p
     return "\n\n".join(blocks)
 
 
+def _step_rows(ledger, run_id: str):
+    audit = ledger.frame("audit_log", run_id=run_id)
+    return audit[audit["event"].str.startswith("step.")].head(40)
+
+
 def _namespaces_of(ledger, signal_id: str) -> list[str]:
     signals = ledger.frame("signals")
     found = signals.loc[signals["signal_id"] == signal_id, "namespace"].tolist()
@@ -59,7 +71,10 @@ def _one(ledger, namespace: str, signal_id: str, with_prefect: bool) -> str:
     rows = [lin["signal"], *lin["orders"], *lin["fills"], *lin["rejections"], *lin["audit"]]
     rows = [r for r in rows if r]
     flows = {r["flow_run_id"] for r in rows if r.get("flow_run_id")}
+    run_ids = {r["run_id"] for r in rows if r.get("run_id")}
+    step_rows = {run_id: _step_rows(ledger, run_id) for run_id in sorted(run_ids)}
     tasks = {r["task_run_id"] for r in rows if r.get("task_run_id")}
+    tasks |= {a.task_run_id for steps in step_rows.values() for a in steps.itertuples() if a.task_run_id}
     runs = prefect_runs(flows, tasks) if with_prefect and (flows or tasks) else {}
     s = lin["signal"]
     lines = [f"signal {signal_id} [{namespace}]"]
@@ -71,11 +86,10 @@ def _one(ledger, namespace: str, signal_id: str, with_prefect: bool) -> str:
         info = runs.get(rid)
         lines.append(f"  {rid}  " + (f"{info['kind']} {info['name']!r} {info['state']} {info['start']} → {info['end']}"
                                       if info else "(not found in the Prefect API)"))
+        if info and info.get("artifacts"):
+            lines.append(f"    artifacts: {', '.join(sorted(info['artifacts']))}")
     lines.append("steps (the run's step outcomes, then this signal's events):")
-    run_ids = {r["run_id"] for r in rows if r.get("run_id")}
-    for run_id in sorted(run_ids):
-        audit = ledger.frame("audit_log", run_id=run_id)
-        steps = audit[audit["event"].str.startswith("step.")].head(40)
+    for steps in step_rows.values():
         for a in steps.itertuples():
             lines.append(f"  {a.time} {a.event} {a.payload} task_run={a.task_run_id}")
     for a in lin["audit"]:

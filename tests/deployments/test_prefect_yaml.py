@@ -28,15 +28,21 @@ def test_only_the_operational_deployments_carry_schedules():
 def test_live_execution_is_triggered_by_the_signal_event_with_the_payload_as_its_signal():
     [trigger] = deployments()["live-execution"]["triggers"]
     assert trigger["expect"] == [SIGNAL_EVENT] and trigger["match"] == {"prefect.resource.id": "tradpal.signal.*"}
-    assert trigger["parameters"] == {"signals": ["{{ event.payload }}"]}
+    assert trigger["parameters"]["signals"]["value"]["template"] == "[{{ event.payload | tojson }}]"
 
 
-def test_the_trigger_template_renders_the_payload_as_a_dict():
-    """Prefect's own rendering (the RunDeployment action's v1 upgrade + hydration)."""
+def test_the_trigger_survives_prefect_deploy_loading_and_renders_the_payload_as_a_dict():
+    """Prefect's own code: what `prefect deploy` does to the yaml on load (env templating,
+    which drops list-item templates), then the RunDeployment action's rendering."""
+    import os
+
     from prefect.server.events.actions import RunDeployment
     from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+    from prefect.utilities.templating import apply_values
 
-    params = copy.deepcopy(deployments()["live-execution"]["triggers"][0]["parameters"])
+    loaded = apply_values(copy.deepcopy(deployments()["live-execution"]), os.environ, remove_notset=False)
+    params = loaded["triggers"][0]["parameters"]
+    assert params == deployments()["live-execution"]["triggers"][0]["parameters"]
     RunDeployment._upgrade_v1_templates(params)
     payload = {"signal_id": "s-1", "symbol": "BTC/USDT", "side": "buy", "quantity": 0.01, "reference_price": 100.0}
     rendered = hydrate(params, HydrationContext(render_jinja=True, jinja_context={"event": {"payload": payload}}))
