@@ -2,7 +2,11 @@
 each channel's failure, throttles repeats, and never blocks or fails trading.
 
 Channels are Apprise URLs (``json://host:port/path``, ``slack://...``, ``mailto://...``)
-from configuration or ``TRADPAL_ALERT_URLS`` (comma-separated). Apprise's ``notify()``
+from configuration, ``TRADPAL_ALERT_URLS`` (comma-separated), or a Prefect Secret block
+named by the configuration's ``alerts.secret_block`` or ``TRADPAL_ALERT_URLS_BLOCK``
+(its value: URLs separated by commas or new lines, or a JSON list). URLs carry tokens: they
+are only ever shown redacted (`redact`), and a channel's error text is scrubbed of them
+before it is logged or recorded. Apprise's ``notify()``
 returns False for an unreachable target rather than raising: that is checked, logged and
 returned per channel, and recorded by the caller (see `Alert.failed`).
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,22 +46,64 @@ def alert_urls_from_env(env: dict[str, str] | None = None) -> list[str]:
     return [u.strip() for u in raw.split(",") if u.strip()]
 
 
-def alerter_from_env(risk=None) -> Alerter | None:
-    """An `Alerter` over the risk configuration's ``alerts.urls`` plus ``TRADPAL_ALERT_URLS``
-    (throttle: the configuration's, else ``TRADPAL_ALERT_THROTTLE_S``, default 300 s), or None
-    when no channel is configured."""
-    urls = [*(risk.alerts.urls if risk is not None else []), *alert_urls_from_env()]
+def alert_urls_from_secret(name: str, key: str) -> list[str]:
+    """The URLs held by the Prefect Secret block ``name`` (``key``: the setting that named
+    it, for the error). ``ConfigError`` (naming the key and the block, never the value)
+    when the block cannot be loaded or holds no URL."""
+    from prefect.blocks.system import Secret
+
+    from tradpal.errors import ConfigError
+
+    try:
+        value = Secret.load(name, _sync=True).get()  # type: ignore[call-arg]
+    except Exception as exc:  # noqa: BLE001 - any failure: the block is not usable
+        raise ConfigError(f"{key}: cannot load the Prefect Secret block {name!r} ({type(exc).__name__})") from None
+    items = value if isinstance(value, list) else re.split(r"[,\n]", value) if isinstance(value, str) else None
+    urls = [str(u).strip() for u in items or [] if str(u).strip()]
+    if not urls:
+        raise ConfigError(f"{key}: the Prefect Secret block {name!r} holds no alert URL "
+                          "(expected URLs separated by commas or new lines, or a list)")
+    return urls
+
+
+def alerter_from_env(risk=None, env: dict[str, str] | None = None) -> Alerter | None:
+    """An `Alerter` over the risk configuration's ``alerts.urls``, ``TRADPAL_ALERT_URLS`` and
+    the Secret block named by ``alerts.secret_block`` or ``TRADPAL_ALERT_URLS_BLOCK`` (throttle:
+    the configuration's, else ``TRADPAL_ALERT_THROTTLE_S``, default 300 s), or None when no
+    channel is configured."""
+    env = env if env is not None else dict(os.environ)
+    urls = [*(risk.alerts.urls if risk is not None else []), *alert_urls_from_env(env)]
+    block = risk.alerts.secret_block if risk is not None and risk.alerts.secret_block else None
+    if block:
+        urls += alert_urls_from_secret(block, "alerts.secret_block")
+    elif env.get("TRADPAL_ALERT_URLS_BLOCK", "").strip():
+        urls += alert_urls_from_secret(env["TRADPAL_ALERT_URLS_BLOCK"].strip(), "TRADPAL_ALERT_URLS_BLOCK")
     if not urls:
         return None
     default = float(os.environ.get("TRADPAL_ALERT_THROTTLE_S", "300"))
     return Alerter(urls, throttle_s=risk.alerts.throttle_s if risk is not None else default)
 
 
+_HOST = re.compile(r"^(localhost|[0-9.]+|\[[0-9a-f:]+\]|[a-z0-9-]+(\.[a-z0-9-]+)+)(:\d{1,5})?$", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """A channel as it may appear in logs: scheme and host only (URLs carry tokens)."""
-    scheme, _, rest = url.partition("://")
-    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    return f"{scheme}://{host}/…" if rest else url
+    """A channel as it may appear in logs: its scheme, and its host when that is a host
+    name or address (many Apprise schemes put a token where the host goes: slack://TOKEN/...)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "(not an Apprise URL)"
+    host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}/…" if _HOST.match(host) else f"{scheme}://…"
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` without ``url`` or any longer piece of it (an error message may quote it)."""
+    text = text.replace(url, redact(url))
+    for piece in sorted(set(re.split(r"[/:@?&=#,]+", url.partition("://")[2])), key=len, reverse=True):
+        if len(piece) >= 6 and not _HOST.match(piece):
+            text = text.replace(piece, "***")
+    return text
 
 
 @dataclass
@@ -99,7 +146,7 @@ def _send_one(url: str, title: str, body: str, level: str) -> tuple[bool, str]:
         ok = app.notify(title=title, body=body, notify_type=getattr(apprise.NotifyType, level.upper()))
         return bool(ok), "" if ok else "the channel did not accept the notification"
     except Exception as exc:  # a channel's failure must never reach trading
-        return False, f"{type(exc).__name__}: {exc}"
+        return False, scrub(f"{type(exc).__name__}: {exc}", url)
 
 
 def breach_alerts(alerter: Alerter, step: str, rejected, orders, *, flow_run_id: str | None) -> list[Alert]:

@@ -69,6 +69,7 @@ class SectorLimits(_Strict):
 
 class AlertConfig(_Strict):
     urls: list[str] = []
+    secret_block: str | None = Field(None, min_length=1, description="a Prefect Secret block holding more URLs")
     throttle_s: float = Field(300.0, ge=0)
 
 
@@ -250,5 +251,7 @@ approval:                   # live orders above notional_above wait for a person
 
 alerts:
   urls: []                  # Apprise URLs, e.g. json://127.0.0.1:8080/alerts; also TRADPAL_ALERT_URLS
+  # secret_block: tradpal-alert-urls   # a Prefect Secret block holding URLs (comma-separated or a list);
+  #                                    # also TRADPAL_ALERT_URLS_BLOCK. Keeps tokens out of this file.
   throttle_s: 300           # the same breach is alerted at most once per 5 minutes
 """

@@ -59,5 +59,5 @@ def test_invalid_url_and_level():
 def test_urls_from_env_and_redaction():
     assert alert_urls_from_env({"TRADPAL_ALERT_URLS": " json://a:1/x , slack://tok/en "}) == [
         "json://a:1/x", "slack://tok/en"]
-    assert redact("slack://T000/B000/SECRETTOKEN") == "slack://T000/…"
+    assert redact("slack://T000/B000/SECRETTOKEN") == "slack://…"  # the "host" of many schemes is a token
     assert "SECRET" not in redact("json://user:SECRET@host:8080/path")
