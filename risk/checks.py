@@ -91,3 +91,30 @@ def first_reason(*columns: list[str | None]) -> np.ndarray:
             if r is not None:
                 out[i] = r
     return out
+
+
+def check_market_limits(orders: pd.DataFrame, limits: Mapping[str, object]) -> list[str | None]:
+    """The venue's own rules (``brokers.base.MarketLimits`` per symbol, from its markets):
+    the quantity as the venue will take it (floored to its amount step) must be above
+    zero, within its minimum and maximum amount, and worth at least its minimum notional
+    at the limit price (else the reference price). Symbols without limits pass."""
+    out: list[str | None] = []
+    for sym, qty, price, ref in zip(orders["symbol"], orders["quantity"], orders["price"],
+                                    orders["reference_price"], strict=True):
+        rules = limits.get(sym)
+        out.append(None if rules is None else _market_reason(sym, float(qty), price if price == price else ref, rules))
+    return out
+
+
+def _market_reason(sym: str, qty: float, px: float, rules) -> str | None:
+    step = rules.amount_step
+    sent = np.floor(qty / step * (1 + MIN_TOLERANCE)) * step if step else qty
+    if sent <= 0:
+        return f"quantity {qty:g} rounds to 0 at the venue's amount step {step:g} for {sym}"
+    if sent < rules.min_amount * (1 - MIN_TOLERANCE):
+        return f"quantity {sent:g} below the venue's minimum amount {rules.min_amount:g} for {sym}"
+    if rules.max_amount is not None and sent > rules.max_amount * (1 + MIN_TOLERANCE):
+        return f"quantity {sent:g} above the venue's maximum amount {rules.max_amount:g} for {sym}"
+    if rules.min_notional > 0 and px == px and px > 0 and sent * px < rules.min_notional * (1 - MIN_TOLERANCE):
+        return f"notional {sent * px:g} below the venue's minimum notional {rules.min_notional:g} for {sym}"
+    return None

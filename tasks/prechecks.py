@@ -1,4 +1,5 @@
-"""Step 4 — pre-execution checks (`risk.checks`): symbol known, minimums, price sanity,
+"""Step 4 — pre-execution checks (`risk.checks`): symbol known, minimums, the venue's own
+market limits (when the broker publishes them: `market_limits`), price sanity,
 the risk configuration's limits (`risk.limits`, when configured) and the balance
 projected over the batch (when configured)."""
 
@@ -7,10 +8,24 @@ from __future__ import annotations
 import pandas as pd
 
 from risk.breakers import blocking_breaker
-from risk.checks import check_balance, check_minimums, check_price_sanity, check_symbol_known, first_reason
+from risk.checks import (
+    check_balance,
+    check_market_limits,
+    check_minimums,
+    check_price_sanity,
+    check_symbol_known,
+    first_reason,
+)
 from risk.limits import check_limits
 from tasks.context import ExecutionContext
 from tasks.step import StepResult, rejections
+
+
+def venue_limits(broker: object, symbols) -> dict:
+    """The venue's market limits of ``symbols`` if the broker publishes them (a ccxt
+    venue: from its loaded markets), else none."""
+    published = getattr(broker, "market_limits", None)
+    return published(list(symbols)) if published is not None else {}
 
 
 def pre_execution_checks(orders: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
@@ -25,6 +40,7 @@ def pre_execution_checks(orders: pd.DataFrame, ctx: ExecutionContext) -> StepRes
         check_symbol_known(orders, known),
         check_minimums(orders, {s: cfg.rules_for(s).min_quantity for s in symbols},
                        {s: cfg.rules_for(s).min_notional for s in symbols}),
+        check_market_limits(orders, venue_limits(ctx.broker, symbols)),
         check_price_sanity(orders, cfg.max_price_deviation),
     ]
     breaches: list = []

@@ -13,6 +13,7 @@ from brokers.base.protocol import BaseBroker
 from brokers.base.types import (
     AccountInfo,
     Fill,
+    MarketLimits,
     Order,
     OrderResult,
     OrderStatus,
@@ -28,6 +29,7 @@ __all__ = [
     "BrokerConnectionError",
     "BrokerError",
     "Fill",
+    "MarketLimits",
     "InsufficientFundsError",
     "InvalidOrderError",
     "Order",

@@ -133,3 +133,18 @@ class AccountInfo:
 
     def free(self, currency: str) -> float:
         return self.balances.get(currency, 0.0) - self.locked.get(currency, 0.0)
+
+
+@dataclass(frozen=True)
+class MarketLimits:
+    """One market's trading rules as the venue publishes them (ccxt: ``load_markets``):
+    quantity and price steps (None: not published), minimum and maximum quantity, and
+    minimum notional (quantity x price, in the quote currency). Step 4 checks orders
+    against them before anything is sent."""
+
+    symbol: str
+    amount_step: float | None = None
+    price_step: float | None = None
+    min_amount: float = 0.0
+    max_amount: float | None = None
+    min_notional: float = 0.0

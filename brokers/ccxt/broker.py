@@ -43,6 +43,7 @@ from brokers.base.protocol import BaseBroker
 from brokers.base.types import (
     AccountInfo,
     Fill,
+    MarketLimits,
     Order,
     OrderResult,
     OrderStatus,
@@ -123,6 +124,31 @@ def _as_order(raw: Mapping[str, Any], client_order_id: str) -> Order:
         stop_price=float(trigger) if trigger else None,
         time_in_force=TimeInForce(tif) if tif in TimeInForce.__members__ else TimeInForce.GTC,
         placed_at=_when(raw.get("timestamp")),
+    )
+
+
+def _step(precision: Any, mode: int) -> float | None:
+    """A ccxt precision as a step: TICK_SIZE mode gives the step, DECIMAL_PLACES the
+    number of decimals; significant digits have no fixed step."""
+    if precision is None:
+        return None
+    if mode == ccxt_async.TICK_SIZE:
+        return float(precision)
+    if mode == ccxt_async.DECIMAL_PLACES:
+        return 10.0 ** -int(precision)
+    return None
+
+
+def _limits(symbol: str, market: Mapping[str, Any], mode: int) -> MarketLimits:
+    limits, precision = market.get("limits") or {}, market.get("precision") or {}
+    amount, cost = limits.get("amount") or {}, limits.get("cost") or {}
+    return MarketLimits(
+        symbol=symbol,
+        amount_step=_step(precision.get("amount"), mode),
+        price_step=_step(precision.get("price"), mode),
+        min_amount=float(amount.get("min") or 0.0),
+        max_amount=float(amount["max"]) if amount.get("max") else None,
+        min_notional=float(cost.get("min") or 0.0),
     )
 
 
@@ -371,6 +397,14 @@ class CcxtBroker(BaseBroker):
             if last:
                 prices[symbol] = float(last)
         return prices
+
+    def market_limits(self, symbols: Sequence[str]) -> dict[str, MarketLimits]:
+        """The trading rules of each of ``symbols`` the venue lists, from the markets
+        loaded at ``connect`` (no request): steps, minimum / maximum amount, minimum
+        notional."""
+        markets = self.exchange.markets or {}
+        return {symbol: _limits(symbol, markets[symbol], self.exchange.precisionMode)
+                for symbol in dict.fromkeys(symbols) if symbol in markets}
 
     async def get_open_orders(self, symbol: str | None = None) -> list[tuple[Order, OrderResult]]:
         """Every order open at the venue (on ``symbol``, or on all symbols), each as the

@@ -179,3 +179,19 @@ def test_two_concurrent_runs_together_keep_the_venue_account_rate(prefect_api, v
             return [lim.name for lim in await client.read_global_concurrency_limits(limit=200)]
 
     assert sum(name.startswith(f"tradpal-venue-binance-127.0.0.1-{handle.port}-") for name in asyncio.run(limits())) == 1
+
+
+@pytest.mark.parametrize(("quantity", "reason"), [
+    (0.005, "notional 0.000497383 below the venue's minimum notional 0.001 for ETH/BTC"),
+    (0.0004, "quantity 0.0004 rounds to 0 at the venue's amount step 0.001 for ETH/BTC"),
+], ids=["min-notional", "amount-step"])
+def test_step_4_refuses_what_the_venue_would_refuse_before_sending_it(prefect_api, venue, tmp_path, quantity, reason):
+    handle, _ = venue
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    summary = run([signal("tiny", quantity)], db)
+    assert summary["rejected"] == 1 and summary["n_fills"] == 0
+    assert handle.engine.orders == {}
+    assert not [p for _, m, p in handle.engine.requests if m == "POST"]  # nothing was sent
+    [rejection] = Ledger(db).frame("rejections").to_dict("records")
+    assert rejection["reason"] == reason
+    assert rejection["step"] == "pre_checks"

@@ -303,3 +303,11 @@ async def test_a_client_id_the_venue_cannot_take_is_refused_before_sending(
 def test_bars_fixture_matches_the_documented_prices(bars: pd.DataFrame) -> None:
     assert bars.close.iloc[0] == CLOSE0
     assert tuple(bars.iloc[1][["open", "high", "low", "close"]]) == (0.09946999, 0.0997238, 0.099, 0.09969)
+
+
+async def test_market_limits_are_the_venues_filters(broker: CcxtBroker) -> None:
+    limits = broker.market_limits([SYMBOL, "XRP/BTC"])
+    assert list(limits) == [SYMBOL]  # the venue does not list XRP/BTC
+    got = limits[SYMBOL]
+    assert (got.amount_step, got.price_step, got.min_amount, got.max_amount, got.min_notional) == (
+        0.001, 1e-8, 0.001, 1000.0, 0.001)
