@@ -3,6 +3,7 @@ against the configured broker (the paper broker on the wall clock by default).""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import pandas as pd
@@ -156,7 +157,8 @@ async def live_execution(signals: list[dict], prices: dict[str, float] | None = 
             call = approval_caller(call, approval)
         reports = await run_batch(pd.DataFrame(signals), ctx, call=call)
     except BaseException as exc:
-        ledger.finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
+        with contextlib.suppress(Exception):  # the ledger may be what failed: the run's own error comes first
+            ledger.finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
         raise
     finally:
         await broker.close()

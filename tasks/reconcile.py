@@ -4,11 +4,12 @@
   CREATED, UNKNOWN) is looked up by its client order id. Fills made while we were not
   watching are recorded (idempotent on the venue's trade id) and the order's state is
   brought up to date. An order the venue never received (CREATED or UNKNOWN, and not
-  found) becomes REJECTED: "never reached the venue".
+  found) becomes REJECTED: "never reached the venue". So is each order the placement
+  answer left terminal (FILLED, CANCELED, EXPIRED) that monitoring never followed up
+  (the process died, or monitoring failed, in between): its fills are recorded.
 * Each order open at the venue that bears our client id prefix but is missing from
   the ledger is adopted: recorded under a synthetic signal ``adopted:<client id>``
   (strategy "adopted") in the live namespace.
-
 * Each signal of the namespace that a run which is gone left with neither an order nor a
   rejection (the process died between receiving it and creating its order) gets a
   rejection at step ``reconcile``: "interrupted ..." — it was never traded. Only signals
@@ -16,7 +17,8 @@
   flight (milliseconds from claim to order) is left alone.
 
 Every action is audited (``order.reconciled``, ``order.rejected``, ``order.adopted``,
-``order.missing_at_venue``, ``signal.interrupted``), and the whole pass as ``reconcile.completed``. The look-up
+``order.missing_at_venue``, ``signal.interrupted``), and the whole pass as
+``reconcile.completed``. The look-up
 of open orders at the venue is a capability (``get_open_orders``), used if the broker
 has it. ``reconcile`` is a plain coroutine; ``reconcile_task`` its thin Prefect task.
 """
@@ -30,15 +32,20 @@ from typing import Any
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import exists, or_, select
+from sqlalchemy import and_, exists, or_, select
 
 from brokers.base import BaseBroker, Order, OrderResult, is_retryable
 from tradpal.ledger import Ledger, Provenance
+from tradpal.ledger.models import AuditLog as AuditRow
 from tradpal.ledger.models import Order as OrderRow
 from tradpal.ledger.models import Rejection as RejectionRow
 from tradpal.ledger.models import Signal as SignalRow
 
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED", "CREATED", "UNKNOWN")
+# terminal in the placement answer, then never followed up by monitoring (the process died
+# or monitoring failed between the two): the venue's fills are not in the ledger yet
+ANSWERED_TERMINAL = ("FILLED", "CANCELED", "EXPIRED")
+FOLLOWED_UP = ("order.filled", "order.canceled", "order.expired", "order.reconciled", "order.adopted")
 UNSENT_STATUSES = ("CREATED", "UNKNOWN")
 NEVER_REACHED = "never reached the venue"
 INTERRUPTED = ("interrupted: the process stopped after the signal was received and before its order was "
@@ -66,11 +73,15 @@ class ReconcileReport:
 
 
 def open_ledger_orders(ledger: Ledger, venue: str, namespace: str) -> list[dict[str, Any]]:
-    """The orders of ``namespace`` the ledger holds open at ``venue``, with their signal id."""
-    o, s = OrderRow.__table__, SignalRow.__table__
+    """The orders of ``namespace`` the ledger holds open at ``venue``, or terminal as placed
+    but never followed up (no monitoring or reconciliation record), with their signal id."""
+    o, s, a = OrderRow.__table__, SignalRow.__table__, AuditRow.__table__
+    followed_up = exists().where(a.c.entity == "order", a.c.entity_id == o.c.client_order_id,
+                                 a.c.event.in_(FOLLOWED_UP))
+    unsettled = and_(o.c.status.in_(ANSWERED_TERMINAL), o.c.broker_order_id.is_not(None), ~followed_up)
     stmt = (select(o.c.client_order_id, o.c.symbol, o.c.status, s.c.signal_id)
             .join(s, s.c.id == o.c.signal_pk)
-            .where(o.c.venue == venue, o.c.status.in_(OPEN_STATUSES), s.c.namespace == namespace)
+            .where(o.c.venue == venue, or_(o.c.status.in_(OPEN_STATUSES), unsettled), s.c.namespace == namespace)
             .order_by(o.c.id))
     with ledger.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(stmt)]
@@ -133,7 +144,7 @@ def _catch_up(ledger: Ledger, venue: str, row: dict[str, Any], result: OrderResu
     result = OrderResult(**{**result.__dict__, "client_order_id": row["client_order_id"]})
     with ledger.transaction() as s:
         added = ledger.record_fills(s, fills_frame(result, row["symbol"]), venue=venue, prov=prov) if result.fills else 0
-        if not added and result.status.value == row["status"]:
+        if not added and result.status.value == row["status"] and row["status"] not in ANSWERED_TERMINAL:
             return
         ledger.update_orders(s, state_frame(result), venue=venue, prov=prov)
         ledger.audit(s, "order.reconciled", "order", entity_id=row["client_order_id"], prov=prov, payload={

@@ -5,13 +5,61 @@ rejection is written with its step and reason."""
 from __future__ import annotations
 
 import json
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
+from sqlalchemy.exc import OperationalError
 
 from risk.sizing import TradeHistory
 from tradpal.faults import crash_point
 from tradpal.ledger import Ledger, Provenance
+
+log = logging.getLogger("tradpal.recorder")
+LEDGER_RETRY_DELAYS_S = (0.5, 1.0, 2.0)  # a step's ledger write: up to 4 attempts over ~3.5 s
+
+
+class LedgerUnavailableError(RuntimeError):
+    """The ledger's database refused a step's write (down, unreachable, locked) through
+    every retry; the run stops here. What the broker already accepted is not lost: bring
+    the database back and start a live run — its reconciliation records those orders and
+    fills from the venue."""
+
+
+def write_with_retries(ledger: Ledger, what: str, write: Callable[[Any], Any],
+                       delays: tuple[float, ...] = LEDGER_RETRY_DELAYS_S) -> Any:
+    """``write(session)`` in one ledger transaction, retried after a database fault
+    (``OperationalError``: connection refused or lost, database locked). Safe to retry:
+    the failed transaction rolled back, and a retry writes the same rows again (a commit
+    whose acknowledgement was lost may then meet a unique key, and fail loudly). Raises
+    `LedgerUnavailableError` once the retries are spent, after an alert
+    (``TRADPAL_ALERT_URLS``) when one is configured."""
+    for attempt, delay in enumerate((*delays, None), start=1):
+        try:
+            with ledger.transaction() as s:
+                return write(s)
+        except OperationalError as exc:
+            cause = f"{type(exc.orig).__name__}: {str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ''}"
+            if delay is None:
+                err = LedgerUnavailableError(
+                    f"ledger unavailable: {what} could not be written to {ledger.url} after {attempt} attempts "
+                    f"({cause}). Orders the venue accepted are not lost: once the database is back, start a live "
+                    f"run; its reconciliation records them.")
+                _alert(str(err))
+                raise err from exc
+            log.warning("ledger write failed (%s; attempt %d), retrying in %.1f s: %s", what, attempt, delay, cause)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _alert(body: str) -> None:
+    from risk.alerts import alerter_from_env
+
+    alerter = alerter_from_env()
+    if alerter is not None:
+        alerter.notify("ledger:unavailable", "TradPal ledger unavailable", body, level="failure")
 
 
 def _latest_per_order(reports: pd.DataFrame) -> pd.DataFrame:
@@ -68,12 +116,14 @@ class LedgerRecorder:
         writer = getattr(self, f"_{step}", None)
         audit = [{"event": f"step.{step}", "entity": "batch", "entity_id": None,
                   "payload": {"rows_out": len(frame), "rejected": len(rejected)}}]
-        with self.ledger.transaction() as s:
-            if writer is not None:
-                audit += writer(s, frame, prov, extra or {}) or []
+
+        def write(s) -> None:
+            rows = audit + ((writer(s, frame, prov, extra or {}) or []) if writer is not None else [])
             if len(rejected):
-                audit += self._reject(s, step, rejected, prov)
-            self.ledger.audit_many(s, audit, prov=prov)  # one statement for all of the step's audit rows
+                rows += self._reject(s, step, rejected, prov)
+            self.ledger.audit_many(s, rows, prov=prov)  # one statement for all of the step's audit rows
+
+        write_with_retries(self.ledger, f"step {step}", write)
         crash_point(f"{step}.recorded")
 
     def record_failure(self, step: str, frame: pd.DataFrame, reason: str, prov: Provenance) -> None:
@@ -84,7 +134,7 @@ class LedgerRecorder:
         the reason; reconciliation against the broker settles the order later. Later
         steps (monitoring, positions): the orders are live at the broker and keep their
         state; the failure is audited and the run fails."""
-        with self.ledger.transaction() as s:
+        def write(s) -> None:
             if step == "placement" and len(frame):
                 rows = pd.DataFrame({"signal_id": frame["signal_id"], "client_order_id": frame["client_order_id"],
                                      "reason": reason, "step": step})
@@ -94,6 +144,8 @@ class LedgerRecorder:
                     "updated_at": pd.Timestamp.now(tz="UTC")}), venue=self.venue, prov=prov)
             self.ledger.audit(s, f"step.{step}.failed", "batch", payload={"reason": reason, "rows": len(frame)},
                               prov=prov)
+
+        write_with_retries(self.ledger, f"the failure of step {step}", write)
 
     def record_alerts(self, alerts: list, prov: Provenance) -> None:
         """Each alert's outcome in the audit log: sent, throttled, or failed on which channel and why."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -21,6 +22,9 @@ from sqlalchemy.pool import StaticPool
 __all__ = ["BEGIN_IMMEDIATE", "SQLITE_BUSY_TIMEOUT_S", "create_ledger_engine", "json_dumps"]
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+#: environment override of the busy timeout, in seconds (how long a SQLite write waits for
+#: another connection's lock before "database is locked")
+SQLITE_BUSY_TIMEOUT_ENV = "TRADPAL_SQLITE_BUSY_TIMEOUT_S"
 #: execution option: on SQLite, start the transaction with BEGIN IMMEDIATE (take the write
 #: lock up front, so two writers queue on the busy timeout instead of failing to upgrade a
 #: read lock with SQLITE_BUSY). Used by ``Ledger.transaction()``; ignored elsewhere.
@@ -82,8 +86,20 @@ def _is_memory_sqlite(url: URL) -> bool:
     return db in ("", ":memory:") or url.query.get("mode") == "memory" or db.startswith("file::memory:")
 
 
-def _install_sqlite_events(engine: Engine, *, file_db: bool) -> None:
-    busy_ms = int(SQLITE_BUSY_TIMEOUT_S * 1000)
+def sqlite_busy_timeout_s() -> float:
+    """The SQLite busy timeout: ``TRADPAL_SQLITE_BUSY_TIMEOUT_S``, default 30 s."""
+    raw = os.environ.get(SQLITE_BUSY_TIMEOUT_ENV)
+    try:
+        value = float(raw) if raw else SQLITE_BUSY_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"{SQLITE_BUSY_TIMEOUT_ENV}={raw!r}: expected a number of seconds") from None
+    if not value >= 0:
+        raise ValueError(f"{SQLITE_BUSY_TIMEOUT_ENV}={raw!r}: expected a number of seconds >= 0")
+    return value
+
+
+def _install_sqlite_events(engine: Engine, *, file_db: bool, busy_timeout_s: float) -> None:
+    busy_ms = int(busy_timeout_s * 1000)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -145,12 +161,13 @@ def create_ledger_engine(url: str | URL, *, schema: str | None = None, **kwargs:
         if not memory and not db.startswith("file:"):
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         connect_args = dict(kwargs.pop("connect_args", {}))
-        connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
+        busy = sqlite_busy_timeout_s()
+        connect_args.setdefault("timeout", busy)
         if memory:
             connect_args.setdefault("check_same_thread", False)
             kwargs.setdefault("poolclass", StaticPool)
         engine = create_engine(u, connect_args=connect_args, **kwargs)
-        _install_sqlite_events(engine, file_db=not memory)
+        _install_sqlite_events(engine, file_db=not memory, busy_timeout_s=busy)
         return engine
 
     if backend == "postgresql":
