@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -93,8 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--scope", help="only this scope (e.g. live|portfolio, live|BTC/USDT)")
     rs.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
 
-    lv = sub.add_parser("live", help="run a batch of signals through live_execution (paper broker by default)")
-    lv.add_argument("--signals", required=True, help="signals CSV/Parquet")
+    lv = sub.add_parser("live", help="live execution: a batch of signals (--signals FILE), or `live run` to stream")
+    lv.add_argument("--signals", help="signals CSV/Parquet: run them as one batch through live_execution")
+    lv_sub = lv.add_subparsers(dest="live_command", metavar="{run}")
+    lr = lv_sub.add_parser("run", help="streaming live mode: one long-lived flow run serving the HTTP intake")
+    lr.add_argument("--symbol", action="append", required=True, help="a symbol to trade (repeatable)")
+    lr.add_argument("--host", default="127.0.0.1", help="intake address (default loopback)")
+    lr.add_argument("--port", type=_number(int), default=8787, help="intake port (0: a free one; default 8787)")
+    lr.add_argument("--price", action="append", default=[], metavar="SYMBOL=PRICE",
+                    help="last price for the paper broker (repeatable)")
+    lr.add_argument("--cash", type=_number(float), default=10_000.0)
+    lr.add_argument("--quote", default="USDT", help="quote currency of the paper account")
+    lr.add_argument("--max-batch", type=_number(int), default=256, help="most signals per batch of task runs")
+    lr.add_argument("--duration", type=_number(float), default=None, help="stop after this many seconds")
+    lr.add_argument("--ready-file", default=None, help="write the intake's port here once it listens")
+    lr.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
     lv.add_argument("--price", action="append", default=[], metavar="SYMBOL=PRICE",
                     help="last price for the paper broker (repeatable)")
     lv.add_argument("--cash", type=_number(float), default=10_000.0)
@@ -271,7 +285,7 @@ def cmd_sweep(args) -> int:
     from flows.replay_sweep import run_sweep
 
     result = run_sweep([vars(m) for m in markets], grid, base, args.out, args.database_url,
-                       workers=args.workers, address=args.dask_address)
+                       workers=args.workers, address=args.dask_address, check_inputs=False)
     columns = ["n_fills", "final_equity", "max_drawdown", "seconds"]
     for row in result["table"]:
         print(f"{row['case']}  " + "  ".join(f"{c}={_fmt(row.get(c))}" for c in columns))
@@ -383,16 +397,41 @@ def cmd_analytics(args) -> int:
     return 0
 
 
-def cmd_live(args) -> int:
-    from tradpal.io import load_signals
-
+def _prices(items: list[str]) -> dict[str, float]:
     prices = {}
-    for item in args.price:
+    for item in items:
         sym, _, value = item.partition("=")
         try:
             prices[sym.strip().upper()] = float(value)
         except ValueError:
             raise InputError(f"--price: expected SYMBOL=PRICE, got {item!r}") from None
+    return prices
+
+
+def cmd_live_run(args) -> int:
+    prices = _prices(args.price)
+    if args.max_batch < 1:
+        raise InputError(f"--max-batch: must be at least 1, got {args.max_batch}")
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port: must be 0..65535, got {args.port}")
+    _prepare_prefect()
+    from flows.live_stream import live_stream
+
+    summary = _run_flow(live_stream, symbols=args.symbol, host=args.host, port=args.port, prices=prices,
+                        cash=args.cash, quote=args.quote, database_url=args.database_url, max_batch=args.max_batch,
+                        duration_s=args.duration, ready_file=args.ready_file)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0 if summary.get("ok") else 1
+
+
+def cmd_live(args) -> int:
+    from tradpal.io import load_signals
+
+    if args.live_command == "run":
+        return cmd_live_run(args)
+    if not args.signals:
+        raise InputError("live: give --signals FILE (a batch), or `tradpal live run` to stream")
+    prices = _prices(args.price)
     load_signals(args.signals)
     _prepare_prefect()
     from flows.live_execution import live_execution_from_file

@@ -1,0 +1,114 @@
+"""Streaming live mode: one long-lived flow run serves the HTTP intake and runs the eight
+steps as task runs on each batch of signals as they arrive (`tradpal.streaming`), so every
+signal is visible step by step in the Prefect UI without paying a flow run's start-up.
+
+    tradpal live run --port 8787 --symbol BTC/USDT [--price BTC/USDT=50000]
+
+It stops on SIGINT/SIGTERM (or after ``duration_s``): the intake stops taking signals, the
+queue drains, and the run is finished in the ledger and as a Completed flow run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from brokers.base.clock import WallClock
+from brokers.factory import make_broker
+from flows.live_execution import last_prices, opening_book, reference_prices
+from risk.alerts import alerter_from_env
+from tasks.context import ExecutionContext, PipelineConfig
+from tasks.prefect_tasks import task_caller
+from tasks.reconcile import reconcile_task
+from tasks.recorder import LedgerRecorder
+from tradpal.config import load_settings
+from tradpal.intake_server import start_intake
+from tradpal.ledger import Ledger
+from tradpal.streaming import SignalQueue, run_stream
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event):
+    """SIGINT/SIGTERM set ``stop`` (a graceful drain) while the stream runs."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+@flow(name="live-stream", persist_result=False, flow_run_name="live-stream {host}:{port}")
+async def live_stream(symbols: list[str], host: str = "127.0.0.1", port: int = 8787,
+                      prices: dict[str, float] | None = None, cash: float = 10_000.0, quote: str = "USDT",
+                      database_url: str | None = None, max_batch: int = 256, idle_poll_s: float = 1.0,
+                      duration_s: float | None = None, ready_file: str | None = None) -> dict:
+    """Serve the intake on ``host:port`` (0: a free port) and execute what arrives against
+    the configured broker (``TRADPAL_BROKER``; the paper broker on the wall clock by
+    default, at ``prices``). ``ready_file`` gets the port once the intake listens."""
+    symbols = [s.strip().upper() for s in symbols]
+    prices = {k.upper(): float(v) for k, v in (prices or {}).items()}
+    settings = load_settings()
+    ledger = Ledger(database_url or settings.ledger_url())
+    clock = WallClock()
+    broker = make_broker(settings, cash=cash, quote=quote, prices=prices, clock=clock)
+    run_id = uuid.uuid4().hex
+    ledger.start_run("live", {"mode": "stream", "symbols": symbols, "venue": broker.name}, run_id=run_id,
+                     flow_run_id=str(flow_run.id) if flow_run.id else None)
+    queue, stop = SignalQueue(max_batch=max_batch), asyncio.Event()
+    server = None
+    try:
+        await broker.connect()
+        await reconcile_task(ledger, broker, run_id)
+        prices = await reference_prices(broker, prices, [{"symbol": s} for s in symbols])
+        book = opening_book(await broker.get_account_info(), quote, prices)
+        ctx = ExecutionContext(broker=broker, clock=clock, config=PipelineConfig(), market=last_prices(prices, clock.now()),
+                               book=book, recorder=LedgerRecorder(ledger, run_id=run_id, namespace="live",
+                                                                  venue=broker.name),
+                               run_id=run_id, namespace="live", strategy="live")
+        ctx.alerter = alerter_from_env()
+        ctx.config = PipelineConfig(rules={s: ctx.config.default_rules for s in prices})
+        fills: list[pd.DataFrame] = []
+        with stop_on_signals(stop):
+            server = await start_intake(host, port, queue.submit)
+            if ready_file:
+                Path(ready_file).write_text(str(server.port))
+            print(f"live-stream: intake on http://{host}:{server.port}/signals (run {run_id}); Ctrl-C stops",
+                  flush=True)
+            if duration_s is not None:
+                asyncio.get_running_loop().call_later(duration_s, stop.set)
+            consumer = asyncio.ensure_future(run_stream(queue, ctx, stop, make_call=task_caller,
+                                                        idle_poll_s=idle_poll_s, on_batch=fills.append))
+            await asyncio.wait([consumer, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+            queue.closed = True  # stopping (or the consumer failed): no new signals; the queue drains
+            stats = await consumer
+    except BaseException as exc:
+        ledger.finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
+        raise
+    finally:
+        if server is not None:
+            await server.stop()
+        await broker.close()
+    reports = pd.concat(fills, ignore_index=True) if fills else pd.DataFrame(columns=["quantity", "fee"])
+    filled = reports[reports["quantity"] > 0]
+    summary = {"run_id": run_id, **stats.as_dict(), "n_fills": len(filled), "fees": float(filled["fee"].sum()),
+               "final_cash": ctx.book.cash, "ok": True}
+    await create_markdown_artifact(key="live-stream-summary", markdown="\n".join(
+        ["# Live stream", "", *(f"- {k}: {v}" for k, v in summary.items() if k != "ok")]))
+    ledger.finish_run(run_id, "completed", summary)
+    return summary
