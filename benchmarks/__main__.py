@@ -14,6 +14,9 @@ CASES = [
     ["benchmarks.replay", "multi"],
     ["benchmarks.latency"],
     ["benchmarks.analytics"],
+    ["benchmarks.ccxt_latency"],
+    ["benchmarks.ccxt_latency", "200", "--gate"],
+    ["benchmarks.scaleout"],
 ]
 
 

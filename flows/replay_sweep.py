@@ -39,13 +39,16 @@ async def replay_case_task(case: SweepCase, database_url: str) -> dict:
 
 @flow(name="replay-sweep", persist_result=False, task_runner=dask_task_runner())
 def replay_sweep(markets: list[dict], grid: dict[str, list] | None = None, base: dict | None = None,
-                 out: str | None = None, database_url: str | None = None) -> dict:
+                 out: str | None = None, database_url: str | None = None, check_inputs: bool = True) -> dict:
     """Replay every market ({symbol, ohlcv, signals}) with every combination of ``grid``
     ({parameter: [values]}, see `tradpal.sweep.SWEEPABLE`) over ``base`` parameters.
     Each case writes its replay files to ``out/cases/<case>``; the table goes to
-    ``out/sweep.csv`` and the artifact ``replay-sweep``. Returns {cases, table, failed}."""
+    ``out/sweep.csv`` and the artifact ``replay-sweep``. ``check_inputs``: load every
+    market's files first, so that bad input stops the sweep before any case runs (the CLI
+    has done so already). Returns {cases, table, path, failed}."""
     plan = plan_sweep([Market(**m) for m in markets], grid, base, out)
-    check_markets([Market(**m) for m in markets])
+    if check_inputs:
+        check_markets([Market(**m) for m in markets])
     url = database_url or load_settings().ledger_url()
     Ledger(url).close()  # migrate once, here, before the workers write
     futures = [replay_case_task.submit(case, url) for case in plan]
@@ -81,7 +84,7 @@ def _markdown(table, path, failed: list[str]) -> str:
 
 def run_sweep(markets: list[dict], grid: dict[str, list] | None = None, base: dict | None = None,
               out: str | None = None, database_url: str | None = None, *, workers: int | None = None,
-              address: str | None = None) -> dict:
+              address: str | None = None, check_inputs: bool = True) -> dict:
     """Run `replay_sweep` in this process on its own Dask cluster (``workers``) or the
     scheduler at ``address``, heartbeats off. Without ``PREFECT_API_URL`` the ephemeral
     API is started first and its URL handed to the workers (each would otherwise start
@@ -96,4 +99,4 @@ def run_sweep(markets: list[dict], grid: dict[str, list] | None = None, base: di
         settings[PREFECT_API_URL] = server.api_url
     sweep = replay_sweep.with_options(task_runner=dask_task_runner(address, workers))
     with temporary_settings(settings):
-        return sweep(markets, grid, base, out, database_url)
+        return sweep(markets, grid, base, out, database_url, check_inputs)

@@ -1,5 +1,6 @@
-"""`replay_sweep` on a real Dask LocalCluster (two worker processes) and a real Prefect
-API: every case is the very replay `paper_replay` runs alone (same fills, same equity)."""
+"""`tradpal sweep` (the `replay_sweep` flow) on a real Dask LocalCluster of two worker
+processes and a real Prefect API: every case is the very replay `paper_replay` runs alone
+(same fills, same equity)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from flows.paper_replay import paper_replay
-from flows.replay_sweep import dask_task_runner, replay_sweep
 from tests.conftest import make_bars, make_signals
+from tradpal.cli import main
 
 
 def write_market(tmp: Path, symbol: str, seed: int) -> dict:
@@ -30,14 +31,16 @@ def write_market(tmp: Path, symbol: str, seed: int) -> dict:
     return {"symbol": symbol, "ohlcv": str(ohlcv), "signals": str(sig)}
 
 
-def test_sweep_fans_out_over_dask_and_each_case_equals_its_replay_alone(prefect_api, prefect_client, tmp_path):
+def test_sweep_fans_out_over_dask_and_each_case_equals_its_replay_alone(prefect_api, prefect_client, tmp_path,
+                                                                        capsys):
     markets = [write_market(tmp_path, "BTC/USDT", 1), write_market(tmp_path, "ETH/USDT", 2)]
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
     out = tmp_path / "sweep"
-    sweep = replay_sweep.with_options(task_runner=dask_task_runner(workers=2))
-    result = sweep(markets, {"slippage_bps": [0.0, 25.0]}, {"cash": 10_000.0, "fee_rate": 0.001}, str(out), db)
-
-    assert result["cases"] == 4 and result["failed"] == []
+    code = main(["sweep", *[f"--ohlcv={m['symbol']}={m['ohlcv']}" for m in markets],
+                 *[f"--signals={m['symbol']}={m['signals']}" for m in markets], "--grid", "slippage_bps=0,25",
+                 "--cash", "10000", "--fee-rate", "0.001", "--out", str(out), "--database-url", db, "--workers", "2"])
+    printed = capsys.readouterr().out
+    assert code == 0 and f"table: {out / 'sweep.csv'}" in printed and "ETH-USDT__slippage_bps=25  n_fills=" in printed
     table = pd.read_csv(out / "sweep.csv")
     assert table["case"].tolist() == ["BTC-USDT__slippage_bps=0", "BTC-USDT__slippage_bps=25",
                                       "ETH-USDT__slippage_bps=0", "ETH-USDT__slippage_bps=25"]
