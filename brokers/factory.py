@@ -100,6 +100,30 @@ def venue_rate_gate(settings: Settings, venue: str, api_key: str):
     return PrefectRateGate(VenueRateLimit(limit_name(venue, api_key), per_second, burst))
 
 
+def backup_broker(settings: Settings, quote: str | None = None) -> BaseBroker | None:
+    """The backup route of the venue account (``TRADPAL_BACKUP_EXCHANGE_URL``, broker ccxt):
+    the same exchange, credentials and ledger venue name through another API base; None
+    when none is configured."""
+    if settings.broker != "ccxt" or not settings.backup_exchange_url:
+        return None
+    backup = ccxt_broker(settings.model_copy(update={"exchange_url": settings.backup_exchange_url}), quote)
+    backup.name = venue_name(settings)  # the same account: its orders are the primary's in the ledger
+    return backup
+
+
+def guarded(broker: BaseBroker, settings: Settings, risk, *, ledger, namespace: str, alerter=None,
+            run_id: str | None = None, quote: str | None = None) -> BaseBroker:
+    """``broker`` behind the connectivity breaker when the risk configuration has one
+    (``breakers.connectivity``), failing over to `backup_broker`; else ``broker`` itself."""
+    conn = getattr(getattr(risk, "breakers", None), "connectivity", None)
+    if conn is None:
+        return broker
+    from risk.connectivity import ConnectivityGuard
+
+    return ConnectivityGuard(broker, backup_broker(settings, quote), max_errors=conn.max_errors, ledger=ledger,
+                             namespace=namespace, alerter=alerter, run_id=run_id)
+
+
 def make_broker(settings: Settings, *, cash: float = 10_000.0, quote: str = "USDT",
                 prices: dict[str, float] | None = None, clock: WallClock | None = None) -> BaseBroker:
     """The configured broker. ``cash``, ``prices`` and ``clock`` only matter for the

@@ -5,7 +5,9 @@ shows it and `tradpal risk reset --reason TEXT` clears it, audited.
 - volatility_halt (per symbol): a bar's return is an outlier, |z| > threshold against the
   previous ``lookback`` returns; the symbol pauses for the cooldown.
 - loss_limit (portfolio): equity has fallen more than ``threshold`` below the starting
-  equity; all new risk halts until a person resets it.
+  equity; all new risk halts until a person resets it (and, with ``flatten``, the open
+  positions are closed).
+- connectivity (a broker): N consecutive broker errors; see `risk.connectivity`.
 """
 
 from __future__ import annotations
@@ -62,11 +64,13 @@ def loss_limit_trip(equity: float, start_equity: float, threshold: float, at: pd
 
 def blocking_breaker(symbol: str, increases_risk: bool, active: list[dict], namespace: str) -> str | None:
     """The reason an order is refused by an active breaker, or None. A symbol halt blocks
-    every order of the symbol; a portfolio halt blocks orders that add risk."""
+    every order of the symbol; a portfolio halt blocks orders that add risk; a halted
+    broker (``broker:<name>``, the connectivity breaker with no route left) blocks every
+    order. A tripped route (``route:<name>``: traffic failed over to a backup) blocks nothing."""
     for b in active:
         scope = b["scope"].removeprefix(f"{namespace}|")
         if b["scope"] == scope:  # another namespace's breaker (e.g. a replay's): not ours
             continue
-        if scope == symbol or (scope == "portfolio" and increases_risk):
+        if scope == symbol or (scope == "portfolio" and increases_risk) or scope.startswith("broker:"):
             return f"breaker {b['name']} ({scope}): {b['reason']}"
     return None

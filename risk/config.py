@@ -83,9 +83,14 @@ class LossLimitBreaker(_Strict):
     threshold: Fraction = Field(gt=0, le=1, description="loss from the starting equity that halts new risk")
 
 
+class ConnectivityBreaker(_Strict):
+    max_errors: int = Field(5, ge=1, description="consecutive broker errors that halt the broker (or fail over)")
+
+
 class BreakerConfig(_Strict):
     volatility: VolatilityBreaker | None = None
     loss_limit: LossLimitBreaker | None = None
+    connectivity: ConnectivityBreaker | None = None
 
 
 class Level(_Strict):
@@ -236,6 +241,9 @@ breakers:
     cooldown_minutes: 60
   loss_limit:
     threshold: 0.10         # 10% below the starting equity halts all new risk until `tradpal risk reset`
+  connectivity:
+    max_errors: 5           # consecutive broker errors (connection, rate limit) halt the broker, or move
+                            # to the backup route TRADPAL_BACKUP_EXCHANGE_URL when one is configured
 
 brackets:                   # stop loss / take profit on each buy entry, as an OCO pair
   strategies:

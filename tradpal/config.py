@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     broker: str = Field("paper", description="broker for live_execution: paper or ccxt")
     exchange: str = Field("binance", description="ccxt exchange id (broker ccxt)")
     exchange_url: str | None = Field(None, description="base URL replacing the venue's API host (e.g. the emulator)")
+    backup_exchange_url: str | None = Field(None, description="a second API base of the same venue account: where "
+                                            "the connectivity breaker fails over to (broker ccxt)")
     sandbox: bool = Field(False, description="use the venue's testnet / sandbox (broker ccxt)")
     api_key: SecretStr | None = Field(None, description="venue API key (prefer a Prefect Secret block)")
     api_secret: SecretStr | None = Field(None, description="venue API secret (prefer a Prefect Secret block)")
@@ -52,7 +54,7 @@ class Settings(BaseSettings):
             raise ValueError(f"expected a Dask scheduler address like tcp://host:8786, got {v!r}")
         return v
 
-    @field_validator("exchange_url")
+    @field_validator("exchange_url", "backup_exchange_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("http://", "https://")):
