@@ -81,6 +81,7 @@ class VolatilityBreaker(_Strict):
 
 class LossLimitBreaker(_Strict):
     threshold: Fraction = Field(gt=0, le=1, description="loss from the starting equity that halts new risk")
+    flatten: bool = Field(False, description="also close every open position with market orders")
 
 
 class ConnectivityBreaker(_Strict):
@@ -241,6 +242,7 @@ breakers:
     cooldown_minutes: 60
   loss_limit:
     threshold: 0.10         # 10% below the starting equity halts all new risk until `tradpal risk reset`
+    flatten: false          # true: the trip also closes every open position (market sells, audited, alerted)
   connectivity:
     max_errors: 5           # consecutive broker errors (connection, rate limit) halt the broker, or move
                             # to the backup route TRADPAL_BACKUP_EXCHANGE_URL when one is configured

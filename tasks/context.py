@@ -212,6 +212,8 @@ class ExecutionContext:
         self.open_orders: dict[str, OpenOrder] = {}
         self.brackets: dict[str, Any] = {}  # monitoring: risk.brackets.Bracket by entry client order id
         self.brackets_restored = False  # monitoring: open bracket legs taken over from the ledger
+        self.pending_signals: list[dict] = []  # signals the pipeline raised itself (a loss-limit flatten): run next
+        self.raised_signal_ids: set[str] = set()  # every id ever queued there (never queued twice)
         self.generated_signal_ids = 0  # intake: ids given so far to signals that came without one
         self.monitor_until: pd.Timestamp | None = None  # replay: the end of the current chunk
         self.final = False  # replay: the last chunk; whatever is still open expires

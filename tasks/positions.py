@@ -93,6 +93,7 @@ async def manage_positions(executions: pd.DataFrame, ctx: ExecutionContext) -> S
         book.observe(pd.Series([ctx.clock.now()]), np.array([book.equity()]))
     await check_against_broker(ctx)
     trips = breaker_trips(ctx, start_ns, now_ns)
+    flatten_on_loss_limit(ctx, trips)
     return StepResult(booked, extra={"equity": segment, "positions": snapshot(book, ctx.clock.now()), "trips": trips})
 
 
@@ -116,6 +117,55 @@ def breaker_trips(ctx: ExecutionContext, start_ns: int, end_ns: int) -> list[Tri
         if trip is not None:
             trips.append(trip)
     return trips
+
+
+FLATTEN_STRATEGY = "risk-flatten"
+
+
+def flatten_signals(ctx: ExecutionContext, trip: Trip) -> list[dict]:
+    """Market sells closing every open position, except where a flatten order is still
+    working; their ids are derived from the trip (``flatten:<symbol>:<time>``)."""
+    working = {oo.row["symbol"] for oo in ctx.open_orders.values() if oo.row.get("strategy") == FLATTEN_STRATEGY}
+    working |= {s["symbol"] for s in ctx.pending_signals}
+    at = trip.at.floor("us")  # orders carry microseconds
+    stamp = at.strftime("%Y%m%dT%H%M%S.%fZ")
+    out = [{"signal_id": f"flatten:{sym}:{stamp}", "timestamp": at, "symbol": sym, "side": "sell",
+            "quantity": float(qty), "strategy": FLATTEN_STRATEGY, "order_type": "market", "received_at": at}
+           for sym, qty in sorted(ctx.book.positions.items()) if qty > 1e-12 and sym not in working]
+    return [s for s in out if s["signal_id"] not in ctx.raised_signal_ids]
+
+
+def flatten_on_loss_limit(ctx: ExecutionContext, trips: list[Trip]) -> list[dict]:
+    """With ``breakers.loss_limit.flatten``, a loss-limit trip queues market sells of every
+    open position in ``ctx.pending_signals`` (the flow runs them through the eight steps
+    next; sells reduce risk, so the halt lets them through), audited (``risk.flatten``) and
+    alerted. Returns the signals queued."""
+    loss = ctx.config.risk.breakers.loss_limit if ctx.config.risk is not None else None
+    trip = next((t for t in trips if t.name == "loss_limit"), None)
+    if trip is None or loss is None or not loss.flatten:
+        return []
+    signals = flatten_signals(ctx, trip)
+    if not signals:
+        return []
+    ctx.pending_signals.extend(signals)
+    ctx.raised_signal_ids.update(s["signal_id"] for s in signals)
+    what = ", ".join(f"{s['symbol']} {s['quantity']:g}" for s in signals)
+    ledger = getattr(ctx.recorder, "ledger", None)
+    from tasks.pipeline import provenance
+
+    prov = provenance(ctx)
+    if ledger is not None:
+        with ledger.transaction() as s:
+            ledger.audit_many(s, [{"event": "risk.flatten", "entity": "signal", "entity_id": sig["signal_id"],
+                                   "payload": {"symbol": sig["symbol"], "quantity": sig["quantity"],
+                                               "breaker": "loss_limit", "reason": trip.reason}}
+                                  for sig in signals], prov=prov)
+    if ctx.alerter is not None:
+        alert = ctx.alerter.notify(f"flatten:{trip.at}", "TradPal loss limit: flattening positions",
+                                   f"loss_limit tripped ({trip.reason}); closing {what} with market orders. "
+                                   f"Flow run {prov.flow_run_id}.", level="failure")
+        ctx.recorder.record_alerts([alert], prov)
+    return signals
 
 
 def snapshot(book: Book, as_of: pd.Timestamp) -> pd.DataFrame:

@@ -414,6 +414,9 @@ async def run_replay(params: ReplayParams, inputs: ReplayInputs, ledger, *, call
             ctx.monitor_until, ctx.final = batch.monitor_until, batch.final
             call = caller(batch.label) if caller else None
             reports.append(await run_batch(batch.signals, ctx, call=call))
+            while ctx.pending_signals:  # raised by the pipeline itself (a loss-limit flatten): through the steps
+                pending, ctx.pending_signals = pd.DataFrame(ctx.pending_signals), []
+                reports.append(await run_batch(pending, ctx, call=call))
             if on_batch:
                 on_batch(i + 1, len(batches), batch.label)
     except BaseException as exc:

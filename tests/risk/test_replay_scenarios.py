@@ -93,3 +93,32 @@ def test_volatility_halt_trips_blocks_for_its_cooldown_and_resumes(tmp_path, rec
     assert any("breaker volatility_halt" in m["message"] and "during" in m["message"] for m in messages)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["breaches"][0]["rule"] == "volatility_halt"
+
+
+def test_loss_limit_with_flatten_closes_the_position_through_the_steps(tmp_path, receiver) -> None:
+    url, received = receiver
+    # buy 50 at the 00:02 open (100): 5,000 of 10,000 in the position. The price falls to
+    # 70 by 00:05: equity 8,500, 15 % below the start > 10 %. The trip at the end of that
+    # batch (just before the next signal, 00:05:59.999999) queues a market sell of 50, run
+    # through the eight steps at once and filled at the 00:06 open (70); the later buy is
+    # refused by the halt (a sell that reduces risk is not).
+    bars = write_bars(tmp_path / "b.csv", [100, 100, 90, 80, 70, 70, 72, 75, 75], spread=0.0)
+    sigs = write_signals(tmp_path / "s.csv", ["2024-01-01T00:01:00Z,BTC/USDT,buy,50,entry",
+                                              "2024-01-01T00:06:00Z,BTC/USDT,buy,1,later"])
+    result, rejections, orders, audit = replay(tmp_path, bars, sigs, PORTFOLIO + (
+        "breakers:\n  loss_limit: {threshold: 0.10, flatten: true}\n"
+        f"alerts: {{urls: ['{url}'], throttle_s: 0}}\n"))
+    fills = [line.split(",") for line in (tmp_path / "out" / "fills.csv").read_text().splitlines()[1:]]
+    flatten_id = "flatten:BTC/USDT:20240101T000559.999999Z"
+    assert [(f[0], f[1], f[2], f[3], f[4]) for f in fills] == [
+        ("2024-01-01T00:02:00Z", "entry", "buy", "50.0", "100.0"),
+        ("2024-01-01T00:06:00Z", flatten_id, "sell", "50.0", "70.0")]
+    assert rejections["signal_id"].tolist() == ["later"]
+    assert rejections["reason"].iloc[0].startswith("breaker loss_limit (portfolio): equity")
+    s = result.summary
+    assert s["halted"] is True and s["final_position"] == 0.0 and s["final_cash"] == pytest.approx(8_500.0)
+    flat = audit[audit["event"] == "risk.flatten"]
+    assert flat["entity_id"].tolist() == [flatten_id] and flat["payload"].iloc[0]["quantity"] == 50.0
+    assert orders.set_index("client_order_id")["status"].value_counts().to_dict() == {"FILLED": 2, "REJECTED": 1}
+    titles = [m["json"]["title"] for m in received]
+    assert "TradPal loss limit: flattening positions" in titles and "TradPal breaker tripped: loss_limit" in titles

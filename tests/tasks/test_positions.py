@@ -129,3 +129,22 @@ def test_float_noise_is_not_a_mismatch() -> None:
     ctx = build_context(cash=10_000.0)
     ctx.book.cash = 10_000.0 * (1 + 1e-12)
     run(check_against_broker(ctx))
+
+
+def test_flatten_is_queued_once_and_only_when_configured() -> None:
+    from risk.breakers import Trip
+    from risk.config import parse_risk_config
+    from tasks.positions import flatten_on_loss_limit
+
+    base = "portfolio: {max_drawdown: 1, max_daily_loss: 1, max_gross_exposure: 10}\nbreakers: {loss_limit: "
+    trip = Trip("loss_limit", "portfolio", "equity down 12%", 0.12, 0.1, t(3) + pd.Timedelta(1, "ns"), None)
+    ctx = build_context(config=PipelineConfig(risk=parse_risk_config(base + "{threshold: 0.1}}")))
+    ctx.book.positions.update({SYM: 2.0, ETH: 0.0})
+    assert flatten_on_loss_limit(ctx, [trip]) == [] and ctx.pending_signals == []
+    ctx.config = PipelineConfig(risk=parse_risk_config(base + "{threshold: 0.1, flatten: true}}"))
+    [sig] = flatten_on_loss_limit(ctx, [trip])
+    assert (sig["symbol"], sig["side"], sig["quantity"], sig["order_type"]) == (SYM, "sell", 2.0, "market")
+    assert sig["signal_id"] == "flatten:BTC/USDT:20240101T000300.000000Z" and sig["timestamp"] == t(3)
+    assert ctx.pending_signals == [sig]
+    ctx.pending_signals.clear()
+    assert flatten_on_loss_limit(ctx, [trip]) == []  # the same trip never queues it twice
