@@ -91,6 +91,8 @@ async def ask_in_prefect_ui(request: ApprovalRequest, policy: ApprovalPolicy) ->
         async with get_client() as client:  # still Paused (or Failed by the server's expiry): carry on
             await client.set_flow_run_state(flow_run.id, Running(message="approval timed out"), force=True)
         return Decision.timed_out()
+    if answer is None:  # resumed without the form's input (Prefect then normally fails the run): no answer
+        return Decision.timed_out()
     async with get_client() as client:  # when: the moment the run was resumed, as the server saw it
         state = (await client.read_flow_run(flow_run.id)).state
     return Decision.from_form(answer, state.timestamp if state else datetime.now(UTC))

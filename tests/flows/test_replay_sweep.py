@@ -60,3 +60,10 @@ def test_sweep_fans_out_over_dask_and_each_case_equals_its_replay_alone(prefect_
     artifact = prefect_client(lambda c: c.read_latest_artifacts())
     sweep_table = [a for a in artifact if a.key == "replay-sweep"]
     assert len(sweep_table) == 1 and "ETH-USDT__slippage_bps=25" in str(sweep_table[0].data)
+    # the workers reported to this very API (they were handed its URL, not left to start their own)
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs = prefect_client(lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(
+        id=FlowRunFilterId(any_=[sweep_table[0].flow_run_id]))))
+    assert sorted(r.name for r in runs) == [f"replay [{case}]" for case in table["case"]]
+    assert all(r.state.is_completed() for r in runs)
