@@ -15,7 +15,7 @@ CASES = [
     ["benchmarks.latency"],
     ["benchmarks.analytics"],
     ["benchmarks.ccxt_latency"],
-    ["benchmarks.ccxt_latency", "200", "--gate"],
+    ["benchmarks.ccxt_latency", "20", "--gate"],
     ["benchmarks.scaleout"],
 ]
 

@@ -87,13 +87,17 @@ def ccxt_broker(settings: Settings, quote: str | None = None) -> BaseBroker:
 
 
 def venue_rate_gate(settings: Settings, venue: str, api_key: str):
-    """The Prefect rate limit shared by every run on this venue account (None when
-    TRADPAL_VENUE_RATE_LIMIT is 0)."""
+    """The Prefect rate limit shared by every run on this venue account, at
+    TRADPAL_VENUE_RATE_LIMIT requests per second ('profile': the venue profile's
+    budget); None when it is unset or 0 (ccxt's own limiter only)."""
     from brokers.ccxt import profile_for
     from tradpal.venue_limits import PrefectRateGate, VenueRateLimit, limit_name
 
+    if settings.venue_rate_limit is None:
+        return None
     profile = profile_for(settings.exchange)
-    per_second = profile.requests_per_second if settings.venue_rate_limit is None else settings.venue_rate_limit
+    per_second = (profile.requests_per_second if settings.venue_rate_limit == "profile"
+                  else float(settings.venue_rate_limit))
     if per_second == 0:
         return None
     burst = settings.venue_rate_burst or profile.request_burst

@@ -28,9 +28,10 @@ class Settings(BaseSettings):
     api_secret: SecretStr | None = Field(None, description="venue API secret (prefer a Prefect Secret block)")
     api_key_block: str | None = Field(None, description="name of the Prefect Secret block holding the API key")
     api_secret_block: str | None = Field(None, description="name of the Prefect Secret block holding the API secret")
-    venue_rate_limit: float | None = Field(
-        None, ge=0, description="requests per second to the venue account over all runs together, a Prefect "
-        "rate limit (broker ccxt; default: the venue profile's; 0: off, ccxt's own limiter only)")
+    venue_rate_limit: str | None = Field(
+        None, description="requests per second to the venue account over all runs together, a Prefect rate "
+        "limit (broker ccxt): a number, or 'profile' for the venue profile's budget; unset or 0: off (ccxt's "
+        "own limiter only)")
     venue_rate_burst: int | None = Field(None, ge=1, description="burst of that rate limit (default: the profile's)")
     approval_notional: float | None = Field(None, gt=0, description="live orders above this notional (quote "
                                             "currency) wait for approval in the Prefect UI; unset: off")
@@ -39,6 +40,19 @@ class Settings(BaseSettings):
     dask_address: str | None = Field(None, description="Dask scheduler of replay sweeps (tcp://host:8786); unset: "
                                       "a local cluster")
     dask_workers: int | None = Field(None, ge=1, description="workers of the local Dask cluster (default: one per core)")
+
+    @field_validator("venue_rate_limit")
+    @classmethod
+    def _rate(cls, v: str | None) -> str | None:
+        if v is None or v.strip().lower() == "profile":
+            return v and "profile"
+        try:
+            rate = float(v)
+        except ValueError:
+            raise ValueError(f"expected a number of requests per second or 'profile', got {v!r}") from None
+        if not 0 <= rate < float("inf"):
+            raise ValueError(f"expected a number >= 0, got {v!r}")
+        return str(rate)
 
     @field_validator("broker")
     @classmethod

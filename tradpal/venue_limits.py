@@ -10,11 +10,16 @@ never sent or logged). The limit holds ``burst`` slots that free ``per_second`` 
 per second: a sustained ``per_second`` requests per second over all runs, with bursts
 up to ``burst``.
 
-* The limit is created on first use (``per_second`` and ``burst`` from
-  ``TRADPAL_VENUE_RATE_LIMIT`` / ``TRADPAL_VENUE_RATE_BURST``, else the venue profile's)
-  unless it exists: one created beforehand (``prefect gcl create <name> --limit B
-  --slot-decay-per-second R``) or edited in the UI is used as it is.
-* ``TRADPAL_VENUE_RATE_LIMIT=0`` turns the gate off (ccxt's limiter only).
+* Off unless ``TRADPAL_VENUE_RATE_LIMIT`` is set (a number of requests per second, or
+  ``profile`` for the venue profile's budget); unset or 0: ccxt's limiter only. Off by
+  default because every request then pays a Prefect API round trip (measured with
+  ``benchmarks.ccxt_latency --gate`` on the SQLite-backed ephemeral API: seconds per
+  signal, not milliseconds); turn it on where several runs share an account, with
+  Prefect on PostgreSQL.
+* The limit is created on first use (``per_second`` from ``TRADPAL_VENUE_RATE_LIMIT``,
+  ``burst`` from ``TRADPAL_VENUE_RATE_BURST`` else the profile's) unless it exists: one
+  created beforehand (``prefect gcl create <name> --limit B --slot-decay-per-second R``)
+  or edited in the UI is used as it is.
 * If the Prefect API cannot create or serve the limit, the gate logs one warning and
   lets requests through with ccxt's limiter only: a rate limit must not stop trading.
 """

@@ -23,14 +23,25 @@ def test_the_limit_is_named_by_venue_and_a_hash_of_the_key() -> None:
     assert name != limit_name("binance@127.0.0.1:8765", KEY + "x")
 
 
-def test_rates_come_from_settings_else_the_profile_and_zero_turns_the_gate_off() -> None:
-    assert venue_rate_gate(Settings(exchange="binance", venue_rate_limit=0), "binance", KEY) is None
-    gate = venue_rate_gate(Settings(exchange="binance"), "binance", KEY)
+def test_the_gate_is_off_unless_configured_and_profile_takes_the_venues_budget() -> None:
+    assert venue_rate_gate(Settings(exchange="binance"), "binance", KEY) is None
+    assert venue_rate_gate(Settings(exchange="binance", venue_rate_limit="0"), "binance", KEY) is None
+    gate = venue_rate_gate(Settings(exchange="binance", venue_rate_limit="profile"), "binance", KEY)
     assert isinstance(gate, PrefectRateGate) and (gate.limit.per_second, gate.limit.burst) == (50.0, 100)
-    gate = venue_rate_gate(Settings(exchange="kraken", venue_rate_limit=2, venue_rate_burst=4), "kraken", KEY)
+    gate = venue_rate_gate(Settings(exchange="kraken", venue_rate_limit="2", venue_rate_burst=4), "kraken", KEY)
     assert (gate.limit.per_second, gate.limit.burst) == (2.0, 4) and KEY not in repr(gate)
     with pytest.raises(ValueError, match="burst"):
         VenueRateLimit("x", 1.0, 0)
+
+
+@pytest.mark.parametrize("value", ["fast", "-1", "inf"])
+def test_a_bad_rate_names_the_key(monkeypatch, value: str) -> None:
+    from tradpal.config import load_settings
+    from tradpal.errors import ConfigError
+
+    monkeypatch.setenv("TRADPAL_VENUE_RATE_LIMIT", value)
+    with pytest.raises(ConfigError, match="TRADPAL_VENUE_RATE_LIMIT"):
+        load_settings()
 
 
 def test_the_limit_is_created_once_and_an_existing_one_is_kept(prefect_api) -> None:
