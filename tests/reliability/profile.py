@@ -7,5 +7,5 @@ import os
 
 CHAOS = os.environ.get("TRADPAL_RELIABILITY_PROFILE", "default") == "chaos"
 CRASH_TRIALS = int(os.environ.get("TRADPAL_CRASH_TRIALS", 60 if CHAOS else 3))
-CAMPAIGN_SIGNALS = 10 if CHAOS else 3  # signals per (fault, step) run of the fault campaign
+CAMPAIGN_SIGNALS = 6 if CHAOS else 3  # signals per (fault, step) run of the fault campaign
 REPORT = os.environ.get("TRADPAL_RELIABILITY_REPORT")  # JSON lines of every trial's figures, if set
