@@ -27,8 +27,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
+# The long reliability campaigns: 10,000 bad inputs, 60 SIGKILL crash trials, the whole
+# fault matrix; every trial's figures as JSON lines in .tradpal/reliability.jsonl.
 chaos: $(STAMP)
-	TRADPAL_HYPOTHESIS_PROFILE=chaos $(PY) -m pytest -q tests/reliability
+	@mkdir -p .tradpal && rm -f .tradpal/reliability.jsonl
+	TRADPAL_HYPOTHESIS_PROFILE=chaos TRADPAL_RELIABILITY_PROFILE=chaos \
+	TRADPAL_RELIABILITY_REPORT=$(CURDIR)/.tradpal/reliability.jsonl $(PY) -m pytest -q tests/reliability
+	@$(PY) -m tests.reliability.summary .tradpal/reliability.jsonl
 
 # A local production-like Prefect stack (server, work pool `tradpal`, worker, deployments):
 # API and UI on 127.0.0.1:$${TRADPAL_PREFECT_PORT:-4200}; `make down` stops what `make up` started.
