@@ -27,6 +27,11 @@ from risk.config import BracketRule, Level
 
 STOP_LEG, TARGET_LEG = 1, 2
 LEG_NAMES = {STOP_LEG: "stop", TARGET_LEG: "target"}
+MAX_LEG = 999  # an emulated trailing stop is replaced by legs 3, 4, ... as it moves
+
+
+def leg_name(leg: int) -> str:
+    return "target" if leg == TARGET_LEG else "stop"
 
 
 def leg_price(level: Level | None, entry: float, atr: float, sign: int) -> float | None:
@@ -91,6 +96,10 @@ class Bracket:
     levels: Callable[[float], tuple[float | None, float | None]] | None = field(default=None, compare=False)
     rule: BracketRule | None = None
     signal_time: pd.Timestamp | None = None
+    stop: float | None = None  # the working stop's price
+    trail: float | None = None  # emulated trailing: the stop's distance below the high water
+    high_water: float = 0.0
+    watched_ns: int = 0  # emulated trailing in a replay: bars up to here are in the high water
 
     def leg_of(self, client_order_id: str) -> int | None:
         return next((n for n, c in self.legs.items() if c == client_order_id), None)
@@ -122,7 +131,23 @@ def open_legs(ledger, namespace: str, venue: str, prefix: str = "tp") -> list[di
         rows = [dict(r._mapping) for r in conn.execute(stmt)]
     out = []
     for r in rows:
-        leg = next((n for n in LEG_NAMES if client_order_id(r["signal_id"], n, prefix) == r["client_order_id"]), None)
+        leg = next((n for n in range(1, MAX_LEG + 1) if client_order_id(r["signal_id"], n, prefix)
+                    == r["client_order_id"]), None)
         if leg is not None:
             out.append({**r, "leg": leg})
     return out
+
+
+def last_bracket_state(ledger, signal_id: str) -> dict:
+    """The latest ``bracket.opened`` / ``bracket.stop_moved`` payload of a signal's bracket
+    (the trailing distance and high water a restarted emulation goes on from), or {}."""
+    from sqlalchemy import select
+
+    from tradpal.ledger.models import AuditLog
+
+    stmt = (select(AuditLog.payload).where(AuditLog.entity == "signal", AuditLog.entity_id == signal_id,
+                                           AuditLog.event.in_(["bracket.opened", "bracket.stop_moved"]))
+            .order_by(AuditLog.id.desc()).limit(1))
+    with ledger.engine.connect() as conn:
+        row = conn.execute(stmt).first()
+    return dict(row[0]) if row and row[0] else {}

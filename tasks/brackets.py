@@ -12,12 +12,22 @@ nothing half-done behind in memory. Leg orders are written to the ledger in `com
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from brokers.base import Order, OrderResult, OrderType, Side
-from risk.brackets import LEG_NAMES, STOP_LEG, TARGET_LEG, Bracket, levels_for, open_legs, skipped_legs
+from risk.brackets import (
+    STOP_LEG,
+    TARGET_LEG,
+    Bracket,
+    last_bracket_state,
+    leg_name,
+    levels_for,
+    open_legs,
+    skipped_legs,
+)
 from tasks.context import ExecutionContext, OpenOrder
 from tasks.orders import client_order_id
 
@@ -99,10 +109,18 @@ class BracketPass:
         native = bool(getattr(self.ctx.broker, "supports_brackets", False))
         for r in legs:
             entry = client_order_id(r["signal_id"], 0, self.ctx.config.client_id_prefix)
-            b = self.brackets.get(entry) or Bracket(r["signal_id"], entry, r["symbol"], r["strategy"] or "default",
-                                                    {}, native, state="open",
-                                                    signal_time=pd.Timestamp(r["signal_time"]))
-            self.brackets[entry] = Bracket(**{**b.__dict__, "legs": {**b.legs, r["leg"]: r["client_order_id"]}})
+            b = self.brackets.get(entry)
+            if b is None:
+                last = last_bracket_state(ledger, r["signal_id"])
+                trail = last.get("trail") if not native else None
+                b = Bracket(r["signal_id"], entry, r["symbol"], r["strategy"] or "default", {}, native,
+                            trailing=bool(last.get("trailing")), state="open",
+                            signal_time=pd.Timestamp(r["signal_time"]), trail=trail,
+                            high_water=float(last.get("high_water") or 0.0),
+                            watched_ns=self.ctx.clock.now().value)
+            if r["leg"] != TARGET_LEG:
+                b = replace(b, stop=r["stop_price"])
+            self.brackets[entry] = replace(b, legs={**b.legs, r["leg"]: r["client_order_id"]})
             if r["client_order_id"] not in self.memory:
                 row = _leg_row(b, r["leg"], r["client_order_id"], r["broker_order_id"], r["quantity"],
                                r["stop_price"] if r["leg"] == STOP_LEG else r["price"],
@@ -111,7 +129,7 @@ class BracketPass:
                 self.memory[r["client_order_id"]] = OpenOrder(row, int(r["fills_seen"]), filled,
                                                               float(r["avg_price"] or 0.0), float(r["fees"] or 0.0))
                 self.audit.append({"event": "bracket.resumed", "entity": "order", "entity_id": r["client_order_id"],
-                                   "payload": {"signal_id": r["signal_id"], "leg": LEG_NAMES[r["leg"]]}})
+                                   "payload": {"signal_id": r["signal_id"], "leg": leg_name(r["leg"])}})
 
     # -- advance: activate, keep the OCO promise, close ---------------------------------
 
@@ -120,8 +138,11 @@ class BracketPass:
             if b.state == "pending" and entry not in self.memory:
                 await self._activate(b)
         for b in list(self.brackets.values()):
+            if b.state == "open" and b.trail is not None:
+                await self._trail(b)
+        for b in list(self.brackets.values()):
             if b.state == "open":
-                await self._watch(b)
+                await self._watch(self.brackets[b.entry])
 
     async def _activate(self, b: Bracket) -> None:
         from tasks.placement import place_one
@@ -151,7 +172,9 @@ class BracketPass:
                         f"Entry {b.entry} (signal {b.signal_id}, strategy {b.strategy}) filled {qty:g} @ {avg:g}; "
                         + "; ".join(problems) + ".", "warning")
         legs = {leg: r.client_order_id for leg, r in placed.items()}
-        self._set(Bracket(**{**b.__dict__, "legs": legs, "state": "open" if legs else "closed"}))
+        trail = avg - stop if b.trailing and not b.native and stop is not None and STOP_LEG in legs else None
+        self._set(replace(b, legs=legs, state="open" if legs else "closed", stop=stop, trail=trail, high_water=avg,
+                          watched_ns=ctx.clock.now().value))
         placed_at = pd.Timestamp(entry.timestamp)
         for leg, r in placed.items():
             row = _leg_row(b, leg, r.client_order_id, r.order_id, qty, prices[leg], placed_at)
@@ -161,8 +184,8 @@ class BracketPass:
                                   "stop_price": prices[leg] if leg == STOP_LEG else None})
         self.audit.append({"event": "bracket.opened", "entity": "signal", "entity_id": b.signal_id, "payload": {
             "entry": b.entry, "symbol": b.symbol, "quantity": qty, "entry_price": avg, "native": b.native,
-            "trailing": b.trailing, "stop": stop, "target": target, "legs": {LEG_NAMES[k]: v for k, v in legs.items()},
-            "skipped": problems}})
+            "trailing": b.trailing, "stop": stop, "target": target, "legs": {leg_name(k): v for k, v in legs.items()},
+            "skipped": problems, "trail": trail, "high_water": avg}})
         await self._poll_legs(legs.values())
 
     async def _watch(self, b: Bracket) -> None:
@@ -175,9 +198,67 @@ class BracketPass:
                 await self._cancel_legs(others, f"OCO: the other leg {winner} filled")
             else:
                 await self._poll_legs(others)
-            self._closed(b, LEG_NAMES[filled[0]], winner)
+            self._closed(b, leg_name(filled[0]), winner)
         elif not any(c in self.memory for c in b.legs.values()):
             self._closed(b, "ended", None)
+
+    async def _trail(self, b: Bracket) -> None:
+        """Emulated trailing stop: a new high moves the stop up by cancelling the working stop
+        and placing the next stop leg (3, 4, ...) at high water - distance. In a replay the
+        high water takes the bars up to now (each bar's high counts from the next bar, as the
+        native simulator does); live, the broker's last price (``get_last_prices``)."""
+        from tasks.placement import place_one
+
+        ctx = self.ctx
+        high = await self._high_since(b)
+        stop_leg = next((n for n in sorted(b.legs) if n != TARGET_LEG), None)
+        if high is None or stop_leg is None or b.trail is None or b.stop is None:
+            return
+        b = replace(b, high_water=max(b.high_water, high), watched_ns=ctx.clock.now().value)
+        self._set(b)
+        new_stop = b.high_water - b.trail
+        old = b.legs[stop_leg]
+        if new_stop <= b.stop * (1 + 1e-12) or self._filled(old) or old not in self.memory:
+            return
+        leg = max(b.legs) + 1 if max(b.legs) >= 3 else 3
+        b = replace(b, legs={**b.legs, leg: client_order_id(b.signal_id, leg, ctx.config.client_id_prefix)})
+        qty = self.memory_qty(b)
+        await self._cancel_legs([old], f"trailing stop moved to {new_stop:g}: replaced by {b.legs[leg]}")
+        if self._filled(old) or not qty > 0:  # it filled before the cancel reached it: closes as a stop
+            return
+        result = await place_one(ctx, _leg_order(b, leg, qty, new_stop, ctx.clock.now()))
+        legs = {n: c for n, c in b.legs.items() if n != stop_leg}
+        self._set(replace(b, legs=legs, stop=new_stop))
+        row = _leg_row(b, leg, result.client_order_id, result.order_id, qty, new_stop, ctx.clock.now())
+        self.memory[result.client_order_id] = OpenOrder(row)
+        self.new_legs.append({**row, "status": result.status.value, "order_type": "stop", "price": None,
+                              "stop_price": new_stop})
+        self.audit.append({"event": "bracket.stop_moved", "entity": "signal", "entity_id": b.signal_id, "payload": {
+            "entry": b.entry, "from": b.stop, "to": new_stop, "leg": result.client_order_id, "replaced": old,
+            "trailing": True, "trail": b.trail, "high_water": b.high_water}})
+
+    def memory_qty(self, b: Bracket) -> float:
+        """The quantity a bracket's legs protect (its working stop's, else target's)."""
+        for coid in b.legs.values():
+            oo = self.memory.get(coid)
+            if oo is not None:
+                return float(oo.row["quantity"]) - oo.cum_qty
+        return 0.0
+
+    async def _high_since(self, b: Bracket) -> float | None:
+        ctx = self.ctx
+        if ctx.clock.simulated:
+            if b.symbol not in ctx.market:
+                return None
+            ts = ctx.market.timestamps(b.symbol)
+            now = ctx.clock.now().value
+            rows = (ts > b.watched_ns) & (ts <= now)
+            highs = ctx.market.bars[b.symbol]["high"].to_numpy("float64")[rows]
+            return float(highs.max()) if len(highs) else None
+        prices = getattr(ctx.broker, "get_last_prices", None)
+        if prices is None:
+            return None
+        return (await prices([b.symbol])).get(b.symbol)
 
     async def _close(self, b: Bracket, reason: str, *, cancel: bool) -> None:
         if cancel:
@@ -264,7 +345,7 @@ def _leg_row(b: Bracket, leg: int, coid: str, broker_order_id: str, quantity: fl
 
 
 def _leg_order(b: Bracket, leg: int, quantity: float, price: float, now: pd.Timestamp) -> Order:
-    if leg == STOP_LEG:
+    if leg != TARGET_LEG:
         return Order(b.symbol, Side.SELL, OrderType.STOP, quantity, b.legs[leg], stop_price=price,
                      placed_at=now.to_pydatetime())
     return Order(b.symbol, Side.SELL, OrderType.LIMIT, quantity, b.legs[leg], price=price,

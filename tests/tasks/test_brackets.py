@@ -120,6 +120,31 @@ def test_atr_and_absolute_levels_and_a_trailing_stop() -> None:
     assert [e[0] for e in got[TARGET]] == ["CANCELED"]
 
 
+def test_an_emulated_trailing_stop_is_replaced_as_it_moves(ledger) -> None:
+    # the same bars and levels as the native case above: stop 92 (distance 8) from t(2);
+    # t(2)'s high 108 -> leg 3 at 100 from t(3); t(3)'s high 112 -> leg 4 at 104 from t(4);
+    # t(5)'s low 100 reaches it: 104, as natively
+    cfg = PipelineConfig(order_timeout_s=None, risk=risk(
+        "default: {stop_loss: {atr_multiple: 2, atr_period: 2}, take_profit: {price: 130}, trailing: true}"))
+    rows = [(100, 102, 98, 100), (100, 102, 98, 100), ENTRY, (101, 108, 100, 107), (107, 112, 104, 111),
+            (110, 111, 108, 109), (109, 110, 100, 101)]
+    ctx = ledger_context(ledger, market={SYM: bars(rows, first=-1)}, config=cfg, native_brackets=False)
+    ctx.monitor_until = t(5)
+    frames: dict = {}
+    got = by_order(run_through(raw_signals({"quantity": 2.0}), ctx, "analysis", frames))
+    leg3, leg4 = client_order_id("s1", 3), client_order_id("s1", 4)
+    assert got[leg4] == [("FILL", 2.0, pytest.approx(104.0), t(5))]
+    assert [e[0] for e in got[STOP]] == [e[0] for e in got[leg3]] == [e[0] for e in got[TARGET]] == ["CANCELED"]
+    why = reasons(frames)
+    assert why[STOP] == f"trailing stop moved to 100: replaced by {leg3}"
+    assert why[leg3] == f"trailing stop moved to 104: replaced by {leg4}"
+    assert ctx.book.positions[SYM] == 0.0 and ctx.brackets == {}
+    orders = ledger.frame("orders").set_index("client_order_id")
+    assert orders.loc[[STOP, leg3, leg4], "stop_price"].tolist() == [92.0, 100.0, 104.0]
+    moved = ledger.frame("audit_log").query("event == 'bracket.stop_moved'")["payload"].tolist()
+    assert [(m["from"], m["to"]) for m in moved] == [(92.0, 100.0), (100.0, 104.0)]
+
+
 def test_a_sell_signal_closes_the_open_bracket() -> None:
     rows = [ENTRY, (100, 101, 99, 100), (100, 101, 99, 100), (100, 101, 99, 100)]
     ctx = build_context(market={SYM: bars(rows)}, config=CONFIG)
@@ -175,9 +200,10 @@ def test_legs_are_in_the_ledger_with_the_bracket_audited(ledger) -> None:
     assert (closed["outcome"], closed["leg"], closed["price"]) == ("stop", STOP, 95.0)
 
 
-def test_open_legs_survive_a_restart(ledger) -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["native", "emulated"])
+def test_open_legs_survive_a_restart(ledger, native) -> None:
     rows = [ENTRY, (100, 101, 99, 100), (104, 111, 103, 108)]
-    first = ledger_context(ledger, market={SYM: bars(rows)}, config=CONFIG)
+    first = ledger_context(ledger, market={SYM: bars(rows)}, config=CONFIG, native_brackets=native)
     first.monitor_until = t(2)
     run_through(raw_signals({"quantity": 2.0}), first, "analysis")
     assert set(first.open_orders) == {STOP, TARGET}
