@@ -95,7 +95,7 @@ def run_sweep(markets: list[dict], grid: dict[str, list] | None = None, base: di
     settings: dict = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     if not PREFECT_API_URL.value():
         server = SubprocessASGIServer()
-        server.start()
+        server.start(timeout=120)  # a loaded machine can take longer than the default 20 s
         settings[PREFECT_API_URL] = server.api_url
     sweep = replay_sweep.with_options(task_runner=dask_task_runner(address, workers))
     with temporary_settings(settings):

@@ -282,13 +282,14 @@ def cmd_sweep(args) -> int:
     plan_sweep(markets, grid, base, args.out)  # every input problem surfaces here, before any run starts
     check_markets(markets)
     _prepare_prefect()
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # before distributed is imported
     from flows.replay_sweep import run_sweep
 
     result = run_sweep([vars(m) for m in markets], grid, base, args.out, args.database_url,
                        workers=args.workers, address=args.dask_address, check_inputs=False)
     columns = ["n_fills", "final_equity", "max_drawdown", "seconds"]
     for row in result["table"]:
-        print(f"{row['case']}  " + "  ".join(f"{c}={_fmt(row.get(c))}" for c in columns))
+        print(f"{row['case']}  " + "  ".join(f"{c}={row.get(c):.6g}" for c in columns))
     print(f"table: {result['path']}")
     return 0
 
