@@ -112,6 +112,20 @@ def open_legs(ledger, namespace: str, venue: str, prefix: str = "tp") -> list[di
     """Bracket legs still working at the broker according to the ledger (NEW or
     PARTIALLY_FILLED, a leg's client id derived from its signal), with what the ledger
     has seen of them: the rows a restarted monitoring step resumes from."""
+    return _legs(ledger, namespace, venue, prefix, ["NEW", "PARTIALLY_FILLED"])
+
+
+def filled_legs(ledger, namespace: str, venue: str, signal_ids: list[str], prefix: str = "tp") -> list[dict]:
+    """Legs of these signals' brackets that the ledger knows filled (in whole or in part;
+    e.g. recorded by the reconciliation of a restarted live run): the other legs must go."""
+    if not signal_ids:
+        return []
+    return [r for r in _legs(ledger, namespace, venue, prefix, ["FILLED", "PARTIALLY_FILLED", "CANCELED"],
+                             signal_ids) if (r["filled_quantity"] or 0) > 0]
+
+
+def _legs(ledger, namespace: str, venue: str, prefix: str, statuses: list[str],
+          signal_ids: list[str] | None = None) -> list[dict]:
     from sqlalchemy import func, select
 
     from tasks.orders import client_order_id
@@ -124,16 +138,18 @@ def open_legs(ledger, namespace: str, venue: str, prefix: str = "tp") -> list[di
                    Signal.timestamp.label("signal_time"), func.coalesce(n_fills.c.n, 0).label("fills_seen"))
             .join(Signal, Signal.id == Order.signal_pk)
             .outerjoin(n_fills, n_fills.c.order_pk == Order.id)
-            .where(Signal.namespace == namespace, Order.venue == venue,
-                   Order.status.in_(["NEW", "PARTIALLY_FILLED"]))
+            .where(Signal.namespace == namespace, Order.venue == venue, Order.status.in_(statuses),
+                   Order.client_order_id.not_like("%-0"))
             .order_by(Order.id))
+    if signal_ids is not None:
+        stmt = stmt.where(Signal.signal_id.in_(signal_ids))
     with ledger.engine.connect() as conn:
         rows = [dict(r._mapping) for r in conn.execute(stmt)]
     out = []
     for r in rows:
-        leg = next((n for n in range(1, MAX_LEG + 1) if client_order_id(r["signal_id"], n, prefix)
-                    == r["client_order_id"]), None)
-        if leg is not None:
+        suffix = r["client_order_id"].rsplit("-", 1)[-1]
+        leg = int(suffix) if suffix.isdigit() and 0 < int(suffix) <= MAX_LEG else None
+        if leg is not None and client_order_id(r["signal_id"], leg, prefix) == r["client_order_id"]:
             out.append({**r, "leg": leg})
     return out
 

@@ -22,6 +22,7 @@ from risk.brackets import (
     STOP_LEG,
     TARGET_LEG,
     Bracket,
+    filled_legs,
     last_bracket_state,
     leg_name,
     levels_for,
@@ -77,6 +78,7 @@ class BracketPass:
             return
         if not self.restored:
             await self._restore()
+            await self._close_filled_while_down()
         for row in placed_rows:
             if row["side"] == "sell":
                 for b in [b for b in self.brackets.values() if b.symbol == row["symbol"] and b.state == "open"]:
@@ -130,6 +132,21 @@ class BracketPass:
                                                               float(r["avg_price"] or 0.0), float(r["fees"] or 0.0))
                 self.audit.append({"event": "bracket.resumed", "entity": "order", "entity_id": r["client_order_id"],
                                    "payload": {"signal_id": r["signal_id"], "leg": leg_name(r["leg"])}})
+
+    async def _close_filled_while_down(self) -> None:
+        """A leg the ledger shows filled (the reconciliation recorded it: it filled while the
+        process was down) closes its bracket: the other legs still working are cancelled."""
+        ledger = getattr(self.ctx.recorder, "ledger", None)
+        if ledger is None:
+            return
+        ids = [b.signal_id for b in self.brackets.values() if b.state == "open"]
+        done = {r["signal_id"]: r for r in filled_legs(ledger, self.ctx.namespace, self.ctx.venue, ids,
+                                                        self.ctx.config.client_id_prefix)}
+        for b in list(self.brackets.values()):
+            r = done.get(b.signal_id)
+            if b.state == "open" and r is not None:
+                await self._close(b, f"OCO: the other leg {r['client_order_id']} filled while the process was down",
+                                  cancel=True)
 
     # -- advance: activate, keep the OCO promise, close ---------------------------------
 

@@ -237,3 +237,27 @@ def test_live_paper_bracket_target_fills_on_a_later_price() -> None:
     assert [e[0] for e in got[STOP]] == ["CANCELED"]
     assert ctx.book.positions[SYM] == 0.0 and ctx.open_orders == {}
 
+
+
+def test_a_leg_filled_while_down_cancels_the_other_after_reconciliation(ledger) -> None:
+    from tasks.reconcile import reconcile
+
+    rows = [ENTRY, (100, 101, 99, 100), (104, 111, 103, 108), (100, 101, 99, 100)]
+    first = ledger_context(ledger, market={SYM: bars(rows)}, config=CONFIG, native_brackets=False)
+    first.monitor_until = t(2)
+    run_through(raw_signals({"quantity": 2.0}), first, "analysis")
+    broker, clock = first.broker, first.clock
+    run(clock.sleep_until(t(3)))  # the process is down: the emulated target fills, the stop stays at the venue
+    run(reconcile(ledger, broker, namespace=first.namespace))
+    assert ledger.find_order(first.venue, TARGET)["status"] == "FILLED"
+    ctx = ExecutionContext(broker=broker, clock=clock, config=CONFIG, market=MarketData({SYM: bars(rows)}),
+                           book=Book(cash=broker.cash, quote_currency="USDT"), recorder=None, run_id=first.run_id,
+                           namespace=first.namespace)
+    ctx.recorder = LedgerRecorder(ledger, run_id=first.run_id, namespace=ctx.namespace, venue=ctx.venue)
+    ctx.monitor_until = t(4)
+    frames: dict = {}
+    got = by_order(run_through(raw_signals({}).iloc[0:0], ctx, "analysis", frames))
+    assert list(got) == [STOP] and [e[0] for e in got[STOP]] == ["CANCELED"]
+    assert reasons(frames)[STOP] == f"OCO: the other leg {TARGET} filled while the process was down"
+    assert broker.position(SYM) == 0.0 and ctx.open_orders == {} and ctx.brackets == {}
+    assert ledger.find_order(ctx.venue, STOP)["status"] == "CANCELED"
