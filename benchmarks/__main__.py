@@ -13,10 +13,15 @@ CASES = [
     ["benchmarks.replay", "advanced"],
     ["benchmarks.replay", "multi"],
     ["benchmarks.latency"],
+    ["benchmarks.stream", "latency"],
+    ["benchmarks.stream", "load"],
+    ["benchmarks.stream", "two-workers"],
     ["benchmarks.analytics"],
     ["benchmarks.ccxt_latency"],
     ["benchmarks.ccxt_latency", "20", "--gate"],
     ["benchmarks.scaleout"],
+    ["benchmarks.events", "12", "sqlite"],
+    ["benchmarks.events", "12", "postgresql"],
 ]
 
 
