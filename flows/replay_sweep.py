@@ -15,6 +15,7 @@ from prefect.futures import wait
 from prefect_dask import DaskTaskRunner
 
 from tradpal.config import load_settings
+from tradpal.errors import InputError
 from tradpal.ledger import Ledger
 from tradpal.sweep import Market, SweepCase, check_markets, plan_sweep, run_case, sweep_table, write_table
 
@@ -32,6 +33,16 @@ def dask_task_runner(address: str | None = None, workers: int | None = None) -> 
                                           "host": "127.0.0.1", "dashboard_address": None})
 
 
+@task(name="check-market", task_run_name="check [{market.symbol}]", cache_policy=NO_CACHE, persist_result=False)
+def check_market_task(market: Market) -> str | None:
+    """Load one market's files where the replays will run; the problem found, or None."""
+    try:
+        check_markets([market])
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
 @task(name="replay-case", task_run_name="replay [{case.case_id}]", cache_policy=NO_CACHE, persist_result=False)
 async def replay_case_task(case: SweepCase, database_url: str) -> dict:
     return await run_case(case, database_url)
@@ -43,12 +54,15 @@ def replay_sweep(markets: list[dict], grid: dict[str, list] | None = None, base:
     """Replay every market ({symbol, ohlcv, signals}) with every combination of ``grid``
     ({parameter: [values]}, see `tradpal.sweep.SWEEPABLE`) over ``base`` parameters.
     Each case writes its replay files to ``out/cases/<case>``; the table goes to
-    ``out/sweep.csv`` and the artifact ``replay-sweep``. ``check_inputs``: load every
-    market's files first, so that bad input stops the sweep before any case runs (the CLI
-    has done so already). Returns {cases, table, path, failed}."""
+    ``out/sweep.csv`` and the artifact ``replay-sweep``. ``check_inputs``: first load
+    every market's files on the workers (in parallel), so that bad input stops the sweep
+    before any case runs (the CLI has checked already). Returns {cases, table, path, failed}."""
     plan = plan_sweep([Market(**m) for m in markets], grid, base, out)
     if check_inputs:
-        check_markets([Market(**m) for m in markets])
+        problems = [f.result() for f in [check_market_task.submit(Market(**m)) for m in markets]]
+        first = next((p for p in problems if p), None)
+        if first:
+            raise InputError(first)
     url = database_url or load_settings().ledger_url()
     Ledger(url).close()  # migrate once, here, before the workers write
     futures = [replay_case_task.submit(case, url) for case in plan]

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+from prefect_dask import DaskTaskRunner
 
 from flows.paper_replay import paper_replay
+from flows.replay_sweep import replay_sweep
 from tests.conftest import make_bars, make_signals
 from tradpal.cli import main
+from tradpal.errors import InputError
 
 
 def write_market(tmp: Path, symbol: str, seed: int) -> dict:
@@ -67,3 +71,16 @@ def test_sweep_fans_out_over_dask_and_each_case_equals_its_replay_alone(prefect_
         id=FlowRunFilterId(any_=[sweep_table[0].flow_run_id]))))
     assert sorted(r.name for r in runs) == [f"replay [{case}]" for case in table["case"]]
     assert all(r.state.is_completed() for r in runs)
+
+
+def test_bad_input_stops_the_flow_before_any_case_runs(prefect_api, tmp_path):
+    """Run as a deployment would (no CLI in front): the markets are checked on the workers
+    first; one bad file fails the run with its one-line reason, and nothing is written."""
+    good, bad = write_market(tmp_path, "BTC/USDT", 1), write_market(tmp_path, "ETH/USDT", 2)
+    Path(bad["signals"]).write_text("timestamp,symbol,side,quantity\n2024-01-01T00:05:00Z,ETH/USDT,hold,1\n")
+    threads = DaskTaskRunner(cluster_kwargs={"n_workers": 1, "processes": False, "dashboard_address": None})
+    out = tmp_path / "sweep"
+    with pytest.raises(InputError, match=r"ETH-USDT-signals.csv: row 1, column 'side': unknown side 'hold'"):
+        replay_sweep.with_options(task_runner=threads)([good, bad], {"slippage_bps": [0.0, 5.0]}, None, str(out),
+                                                       f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert not out.exists() and not (tmp_path / "ledger.db").exists()
