@@ -58,6 +58,7 @@ class Order:
     stop_price: float | None = None  # trigger (STOP, STOP_LIMIT)
     time_in_force: TimeInForce = TimeInForce.GTC
     placed_at: datetime | None = None  # when the order was sent (simulated time in replay)
+    reduce_only: bool = False  # derivatives: may only reduce a position, never open or grow one
 
     def __post_init__(self) -> None:
         if not self.quantity > 0:

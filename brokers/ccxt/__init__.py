@@ -4,15 +4,17 @@ package imports ccxt."""
 
 from brokers.ccxt.broker import CcxtBroker, rebase_api_urls
 from brokers.ccxt.errors import DuplicateClientOrderIdError, VenueAuthenticationError, VenueBannedError
-from brokers.ccxt.profiles import PROFILES, VenueProfile, profile_for
+from brokers.ccxt.profiles import DERIVATIVE_PROFILES, PROFILES, VenueProfile, market_types, profile_for
 
 __all__ = [
+    "DERIVATIVE_PROFILES",
     "PROFILES",
     "CcxtBroker",
     "DuplicateClientOrderIdError",
     "VenueAuthenticationError",
     "VenueBannedError",
     "VenueProfile",
+    "market_types",
     "profile_for",
     "rebase_api_urls",
 ]

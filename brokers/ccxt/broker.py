@@ -19,6 +19,11 @@ profile (``profiles.py``) and with ccxt's errors mapped once (``errors.py``).
   FILLED; ``canceled`` / ``rejected`` / ``expired`` -> CANCELED / REJECTED / EXPIRED.
   Fills (with the venue's trade ids) come from the order answer when it carries them
   (Binance FULL answers), else from the order's trades.
+* ``market_type="swap"`` trades a venue's USDT-margined perpetuals where its profile
+  has one (binance, bybit): ``Order.reduce_only`` travels as ccxt's ``reduceOnly`` and
+  ``leverage`` is set once per symbol before its first order. Not emulated, and the
+  rest of this adapter (balances as positions, below) is spot-shaped: futures are
+  usable through the adapter's calls, not yet through the pipeline.
 * A spot venue knows balances, not positions: ``get_positions`` reports each held base
   currency that trades against the quote currency, valued at the last price (the cost
   basis lives in our ledger, so ``average_price`` is that last price too).
@@ -95,13 +100,43 @@ def rebase_api_urls(api: Any, base_url: str) -> Any:
     return api
 
 
+def check_leverage(profile: VenueProfile, leverage: int | None) -> int | None:
+    """``leverage`` if the profile's market takes it (derivatives, 1 to its maximum);
+    ``ValueError`` naming the venue and the bound otherwise."""
+    if leverage is None:
+        return None
+    if profile.max_leverage is None:
+        raise ValueError(f"{profile.exchange_id} {profile.market_type}: no leverage on this market type")
+    if not 1 <= leverage <= profile.max_leverage:
+        raise ValueError(f"{profile.exchange_id} {profile.market_type}: leverage must be 1..{profile.max_leverage}, "
+                         f"got {leverage}")
+    return leverage
+
+
+def order_params(profile: VenueProfile, order: Order, *, action: str) -> dict[str, Any]:
+    """The venue parameters of ``order`` beyond ccxt's unified arguments: our client
+    order id in the venue's own parameter, the time in force where the type takes one,
+    and reduce-only (``InvalidOrderError`` on a market type without it)."""
+    _, takes_tif = ORDER_TYPES[order.order_type]
+    params: dict[str, Any] = {profile.client_order_id_param: order.client_order_id}
+    if takes_tif:
+        params["timeInForce"] = order.time_in_force.value
+    if order.reduce_only:
+        if profile.reduce_only_param is None:
+            raise InvalidOrderError(f"{action}: reduce-only needs a derivatives market, "
+                                    f"{profile.exchange_id} {profile.market_type} has none")
+        params[profile.reduce_only_param] = True
+    return params
+
+
 def describe(order: Order) -> str:
     """How messages name an order: side, quantity, symbol, type, price, client id."""
     price = f" @ {order.price!r}" if order.price is not None else ""
     stop = f" stop {order.stop_price!r}" if order.stop_price is not None else ""
+    reduce = " reduce-only" if order.reduce_only else ""
     return (
         f"{order.side.value} {order.quantity!r} {order.symbol} {order.order_type.value} "
-        f"{order.time_in_force.value}{price}{stop}, order {order.client_order_id}"
+        f"{order.time_in_force.value}{price}{stop}{reduce}, order {order.client_order_id}"
     )
 
 
@@ -198,13 +233,11 @@ class CcxtBroker(BaseBroker):
         quote_currency: str | None = None,
         timeout_ms: int = 10_000,
         request_gate: Callable[[], Awaitable[None]] | None = None,
+        leverage: int | None = None,
     ) -> None:
-        self.profile: VenueProfile = profile_for(exchange_id)
-        if market_type not in self.profile.market_types:
-            raise ValueError(
-                f"{exchange_id}: market type {market_type!r} not supported here "
-                f"(supported: {', '.join(sorted(self.profile.market_types))})"
-            )
+        self.profile: VenueProfile = profile_for(exchange_id, market_type)
+        self.leverage = check_leverage(self.profile, leverage)
+        self._leveraged: set[str] = set()
         self.exchange_id = exchange_id
         self.market_type = market_type
         self.base_url = base_url
@@ -319,10 +352,12 @@ class CcxtBroker(BaseBroker):
                 f"{action} at {self.name}: client order id does not match the venue's pattern "
                 f"{self.profile.client_order_id_pattern!r}"
             )
-        kind, takes_tif = ORDER_TYPES[order.order_type]
-        params: dict[str, Any] = {self.profile.client_order_id_param: order.client_order_id}
-        if takes_tif:
-            params["timeInForce"] = order.time_in_force.value
+        kind, _ = ORDER_TYPES[order.order_type]
+        params = order_params(self.profile, order, action=f"{action} at {self.name}")
+        if self.leverage is not None and order.symbol not in self._leveraged:
+            with self._guard(f"set leverage {self.leverage}x on {order.symbol}"):
+                await exchange.set_leverage(self.leverage, order.symbol)
+            self._leveraged.add(order.symbol)
         try:
             with self._guard(action):
                 amount = float(exchange.amount_to_precision(order.symbol, order.quantity))

@@ -1,21 +1,26 @@
 """Venue profiles: what differs between venues, as data (no ``if venue == ...`` in the
-adapter).
+adapter). One profile per venue and market type: spot for binance, kraken, bybit,
+kucoin and okx; USDT-margined perpetual futures (ccxt ``swap``, linear) for binance
+and bybit, derived from their spot profiles.
 
 Each profile says which ccxt class to build and with which options, under which
 parameter name the venue takes our client order id when placing (``client_order_id_param``)
 and when looking an order up (``lookup_param``: also the field of a cancel answer
 that carries the order's own client id), which client ids it accepts, which phrases in
-a refusal mean "you already sent this client id", and which market types the adapter
-may use there. ``verified`` says whether the profile has been driven end to end (real
-ccxt over HTTP against ``brokers.emulator``); the others are written from ccxt's source
-and the venues' documentation and are not exercised yet.
+a refusal mean "you already sent this client id", and, for derivatives, the parameter
+that makes an order reduce-only and the highest leverage the adapter will set.
+``verified`` says whether the profile has been driven end to end (real ccxt over HTTP
+against ``brokers.emulator``); the others are written from ccxt's source and the venues'
+documentation, and checked only as far as ccxt builds their requests offline
+(tests/brokers/ccxt/test_profiles.py). The emulator serves Binance spot only: no
+futures endpoint is emulated.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -25,9 +30,9 @@ class VenueProfile:
     exchange_id: str  # the ccxt class name
     options: Mapping[str, Any]  # ccxt options merged under the caller's
     client_order_id_param: str  # create_order param carrying our client order id
-    lookup_param: str  # fetch_order param to find an order by client id
-    market_types: frozenset[str]  # ccxt defaultType values the adapter may use
     client_order_id_pattern: str  # what the venue accepts as a client order id
+    lookup_param: str = ""  # fetch_order param to find an order by client id (default: the same)
+    market_type: str = "spot"  # ccxt defaultType this profile trades
     duplicate_markers: tuple[str, ...] = ()  # refusal phrases meaning "client id already used"
     verified: bool = False
     notes: str = ""
@@ -37,6 +42,19 @@ class VenueProfile:
     # requests per second and burst; conservative readings of the venue's published limits
     requests_per_second: float = 10.0
     request_burst: int = 20
+    reduce_only_param: str | None = None  # derivatives: create_order param for reduce-only
+    max_leverage: int | None = None  # derivatives: the highest leverage the adapter sets
+
+    def __post_init__(self) -> None:
+        if not self.lookup_param:
+            object.__setattr__(self, "lookup_param", self.client_order_id_param)
+        if self.options.get("defaultType", self.market_type) != self.market_type:
+            raise ValueError(f"{self.exchange_id}: options defaultType {self.options['defaultType']!r} "
+                             f"is not the profile's market type {self.market_type!r}")
+
+    @property
+    def is_derivative(self) -> bool:
+        return self.market_type != "spot"
 
     def accepts_client_order_id(self, client_order_id: str) -> bool:
         return re.fullmatch(self.client_order_id_pattern, client_order_id) is not None
@@ -46,24 +64,40 @@ class VenueProfile:
         lowered = message.lower()
         return any(marker.lower() in lowered for marker in self.duplicate_markers)
 
+    def usdt_perpetuals(self, *, max_leverage: int, notes: str, **fields: Any) -> VenueProfile:
+        """This venue's USDT-margined perpetual futures (ccxt ``swap``, linear): the same
+        client ids, reduce-only as ccxt's unified ``reduceOnly``, leverage up to
+        ``max_leverage``; other ``fields`` replaced as given."""
+        return replace(
+            self,
+            market_type="swap",
+            options=_frozen({**self.options, "defaultType": "swap", "defaultSubType": "linear",
+                             "fetchMarkets": {"types": ["linear"]}}),
+            reduce_only_param="reduceOnly",
+            max_leverage=max_leverage,
+            verified=False,
+            notes=notes,
+            **fields,
+        )
+
 
 def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(d))
 
 
-BINANCE = VenueProfile(
-    exchange_id="binance",
-    options=_frozen({
-        "defaultType": "spot",
-        # only the spot exchangeInfo; no currencies / margin endpoints (they need the
-        # SAPI, which neither a spot-only key nor the emulator serves)
-        "fetchMarkets": {"types": ["spot"]},
-        "fetchCurrencies": False,
-        "fetchMargins": False,
-    }),
+def _spot(exchange_id: str, **fields: Any) -> VenueProfile:
+    """A spot profile: ccxt's defaultType spot plus ``fields``."""
+    options = {"defaultType": "spot", **fields.pop("options", {})}
+    return VenueProfile(exchange_id=exchange_id, options=_frozen(options), **fields)
+
+
+BINANCE = _spot(
+    "binance",
+    # only the spot exchangeInfo; no currencies / margin endpoints (they need the
+    # SAPI, which neither a spot-only key nor the emulator serves)
+    options={"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "fetchMargins": False},
     client_order_id_param="newClientOrderId",
     lookup_param="origClientOrderId",
-    market_types=frozenset({"spot"}),
     client_order_id_pattern=r"[.A-Z:/a-z0-9_-]{1,36}",
     duplicate_markers=("Duplicate order sent",),
     # Binance counts request weight over a rolling minute; ccxt's default leaky bucket
@@ -79,12 +113,9 @@ BINANCE = VenueProfile(
     "so look up before placing. Commission is charged in the received asset unless BNB pays.",
 )
 
-KRAKEN = VenueProfile(
-    exchange_id="kraken",
-    options=_frozen({"defaultType": "spot"}),
+KRAKEN = _spot(
+    "kraken",
     client_order_id_param="cl_ord_id",
-    lookup_param="cl_ord_id",
-    market_types=frozenset({"spot"}),
     # cl_ord_id: a UUID, a 32-hex short UUID, or free text of at most 18 characters
     client_order_id_pattern=r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
     r"|[\x20-\x7e]{1,18}",
@@ -96,48 +127,71 @@ KRAKEN = VenueProfile(
     notes="Our tp-<24 hex>-<leg> ids are too long for cl_ord_id: needs a UUID mapping.",
 )
 
-BYBIT = VenueProfile(
-    exchange_id="bybit",
-    options=_frozen({"defaultType": "spot"}),
+BYBIT = _spot(
+    "bybit",
     client_order_id_param="orderLinkId",
-    lookup_param="orderLinkId",
-    market_types=frozenset({"spot", "swap"}),
     client_order_id_pattern=r"[A-Za-z0-9_-]{1,36}",
     duplicate_markers=("OrderLinkedID is duplicate", "orderLinkId is duplicate"),
     notes="fetch_order only sees recent orders on the unified account; use fetch_open_order / "
     "fetch_closed_order for older ones.",
 )
 
-KUCOIN = VenueProfile(
-    exchange_id="kucoin",
-    options=_frozen({"defaultType": "spot"}),
+KUCOIN = _spot(
+    "kucoin",
     client_order_id_param="clientOid",
-    lookup_param="clientOid",
-    market_types=frozenset({"spot"}),
     client_order_id_pattern=r"[A-Za-z0-9_-]{1,40}",
     duplicate_markers=("duplicate",),
     notes="Needs a passphrase (ccxt 'password') besides key and secret.",
 )
 
-OKX = VenueProfile(
-    exchange_id="okx",
-    options=_frozen({"defaultType": "spot"}),
+OKX = _spot(
+    "okx",
     client_order_id_param="clOrdId",
-    lookup_param="clOrdId",
-    market_types=frozenset({"spot", "swap"}),
     client_order_id_pattern=r"[A-Za-z0-9]{1,32}",
     duplicate_markers=("Duplicated clOrdId", "51016"),
     notes="clOrdId is alphanumeric only: our ids need their hyphens removed. Needs a passphrase.",
 )
 
+BINANCE_USDM = BINANCE.usdt_perpetuals(
+    max_leverage=125,
+    requests_per_second=20.0,  # 2400 request weight per minute on fapi
+    request_burst=40,
+    notes="USDⓈ-M perpetuals on fapi: newClientOrderId / origClientOrderId as on spot; reduceOnly is "
+    "refused in hedge mode (dual side position): the account must be in one-way mode. Leverage is "
+    "per symbol (POST /fapi/v1/leverage). Not emulated.",
+)
+
+BYBIT_LINEAR = BYBIT.usdt_perpetuals(
+    max_leverage=100,
+    notes="USDT perpetuals (category linear) on the unified account: orderLinkId as on spot; "
+    "reduceOnly for closing; leverage per symbol (POST /v5/position/set-leverage, buy and sell "
+    "alike). Not emulated.",
+)
+
 PROFILES: Mapping[str, VenueProfile] = MappingProxyType(
     {p.exchange_id: p for p in (BINANCE, KRAKEN, BYBIT, KUCOIN, OKX)}
 )
+"""The spot profile of each venue."""
+
+DERIVATIVE_PROFILES: Mapping[tuple[str, str], VenueProfile] = MappingProxyType(
+    {(p.exchange_id, p.market_type): p for p in (BINANCE_USDM, BYBIT_LINEAR)}
+)
+"""USDT-margined perpetual futures, by (exchange id, ccxt market type)."""
 
 
-def profile_for(exchange_id: str) -> VenueProfile:
-    """The profile of ``exchange_id``; ``ValueError`` naming the known ones otherwise."""
-    try:
-        return PROFILES[exchange_id]
-    except KeyError:
-        raise ValueError(f"no venue profile for {exchange_id!r}; known: {', '.join(sorted(PROFILES))}") from None
+def market_types(exchange_id: str) -> list[str]:
+    """The market types the adapter may trade at ``exchange_id``."""
+    spot = ["spot"] if exchange_id in PROFILES else []
+    return spot + sorted(t for e, t in DERIVATIVE_PROFILES if e == exchange_id)
+
+
+def profile_for(exchange_id: str, market_type: str = "spot") -> VenueProfile:
+    """The profile of ``exchange_id`` for ``market_type``; ``ValueError`` naming the
+    known venues, or the venue's market types, otherwise."""
+    if exchange_id not in PROFILES:
+        raise ValueError(f"no venue profile for {exchange_id!r}; known: {', '.join(sorted(PROFILES))}")
+    profile = PROFILES[exchange_id] if market_type == "spot" else DERIVATIVE_PROFILES.get((exchange_id, market_type))
+    if profile is None:
+        raise ValueError(f"{exchange_id}: market type {market_type!r} not supported here "
+                         f"(supported: {', '.join(market_types(exchange_id))})")
+    return profile
