@@ -162,6 +162,25 @@ def ensure_postgres_databases(config: StackConfig) -> None:
         raise StackError(f"TRADPAL_STACK_POSTGRES={config.postgres}: {str(exc).strip().splitlines()[0]}") from None
 
 
+def create_work_pool(api_url: str, name: str = POOL) -> None:
+    """The process work pool ``name`` (kept if it exists), through the API: the same as
+    ``prefect work-pool create NAME --type process``, without starting another Python."""
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
+
+    async def create() -> None:
+        template = ProcessWorker.get_default_base_job_template()
+        async with PrefectClient(api_url) as client:
+            with contextlib.suppress(ObjectAlreadyExists):
+                await client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template))
+
+    asyncio.run(create())
+
+
 def _port_free(port: int) -> bool:
     import socket
 
@@ -189,8 +208,7 @@ def up(config: StackConfig, *, deploy: bool = True, timeout: float = 180) -> Sta
         _write_pids(config, pids)
         _wait_healthy(config, pids["server"], timeout)
         env = {**_base_env(config), **client_env(config)}
-        _run(_prefect("work-pool", "create", POOL, "--type", "process", "--overwrite"), env, "creating the work pool",
-             config)
+        create_work_pool(config.api_url)
         worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
                       **config.extra_env}
         pids["worker"] = _spawn("worker", _prefect("worker", "start", "--pool", POOL, "--type", "process"),

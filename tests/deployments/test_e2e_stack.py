@@ -117,14 +117,13 @@ def test_a_signal_submitted_triggers_a_completed_live_run_recorded_end_to_end(st
            "PREFECT_HOME": str(tmp_path / "client-home"), "PREFECT_LOGGING_LEVEL": "ERROR"}
     sid_cli, sid_http = f"e2e-cli-{uuid.uuid4().hex[:6]}", f"e2e-http-{uuid.uuid4().hex[:6]}"
 
-    done = cli("signal", "submit", "--symbol", "BTC/USDT", "--side", "buy", "--quantity", "0.01", "--price", "65000",
-               "--strategy", "momo", "--signal-id", sid_cli, env=env)
-    assert done.returncode == 0 and done.stdout.strip() == sid_cli, done.stderr
-
     port = free_port()
     intake = subprocess.Popen([sys.executable, "-m", "tradpal.cli", "intake", "--port", str(port)], env=env,
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+        done = cli("signal", "submit", "--symbol", "BTC/USDT", "--side", "buy", "--quantity", "0.01", "--price",
+                   "65000", "--strategy", "momo", "--signal-id", sid_cli, env=env)  # while the intake starts
+        assert done.returncode == 0 and done.stdout.strip() == sid_cli, done.stderr
         deadline = time.monotonic() + 60
         while True:
             try:
