@@ -13,9 +13,10 @@ from prefect.runtime import flow_run
 
 from brokers.base import AccountInfo, BaseBroker
 from brokers.base.clock import WallClock
-from brokers.factory import make_broker, paper_broker
+from brokers.factory import guarded, make_broker, paper_broker
 from risk.alerts import alerter_from_env
 from risk.approval import ApprovalForm, ApprovalPolicy, ApprovalRequest, Decision, policy_from, review
+from risk.config import load_risk_config
 from tasks.context import Book, ExecutionContext, MarketData, PipelineConfig
 from tasks.pipeline import run_batch
 from tasks.prefect_tasks import task_caller
@@ -137,10 +138,13 @@ async def live_execution(signals: list[dict], prices: dict[str, float] | None = 
         if s.get("reference_price") and str(s.get("symbol", "")).upper() not in prices:
             prices[str(s["symbol"]).upper()] = float(s["reference_price"])
     settings = load_settings()
+    risk = load_risk_config(settings.risk_config) if settings.risk_config else None  # TRADPAL_RISK_CONFIG
     ledger = Ledger(database_url or settings.ledger_url())
     clock = WallClock()
-    broker = make_broker(settings, cash=cash, quote=quote, prices=prices, clock=clock)
     run_id = uuid.uuid4().hex
+    alerter = alerter_from_env(risk)
+    broker = guarded(make_broker(settings, cash=cash, quote=quote, prices=prices, clock=clock), settings, risk,
+                     ledger=ledger, namespace="live", alerter=alerter, run_id=run_id, quote=quote)
     ledger.start_run("live", {"signals": len(signals), "prices": prices, "venue": broker.name}, run_id=run_id,
                      flow_run_id=str(flow_run.id) if flow_run.id else None)
     try:
@@ -152,12 +156,15 @@ async def live_execution(signals: list[dict], prices: dict[str, float] | None = 
                                market=last_prices(prices, clock.now()), book=book, recorder=None, run_id=run_id,
                                namespace="live", strategy="live")
         ctx.recorder = LedgerRecorder(ledger, run_id=run_id, namespace="live", venue=broker.name)
-        ctx.alerter = alerter_from_env()
-        ctx.config = PipelineConfig(rules={s: ctx.config.default_rules for s in prices})
+        ctx.alerter = alerter
+        ctx.config = PipelineConfig(rules={s: ctx.config.default_rules for s in prices}, risk=risk)
         call, approval = task_caller(signals_label(signals)), policy_from(settings, ctx.config.risk)
         if approval.enabled:
             call = approval_caller(call, approval)
         reports = await run_batch(pd.DataFrame(signals), ctx, call=call)
+        while ctx.pending_signals:  # raised by the pipeline itself (a loss-limit flatten): through the steps
+            pending, ctx.pending_signals = pd.DataFrame(ctx.pending_signals), []
+            reports = pd.concat([reports, await run_batch(pending, ctx, call=call)], ignore_index=True)
     except BaseException as exc:
         with contextlib.suppress(Exception):  # the ledger may be what failed: the run's own error comes first
             ledger.finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})

@@ -30,7 +30,7 @@ from risk.brackets import (
     skipped_legs,
 )
 from tasks.context import ExecutionContext, OpenOrder
-from tasks.orders import client_order_id
+from tasks.orders import client_order_id, round_to_tick
 
 log = logging.getLogger("tradpal.brackets")
 
@@ -90,7 +90,8 @@ class BracketPass:
         ctx, prefix = self.ctx, self.ctx.config.client_id_prefix
         sid, symbol = row["signal_id"], row["symbol"]
         at = np.array([row["signal_time"].value])
-        levels = levels_for(rule, lambda period: float(ctx.market.atr_at(symbol, at, period)[0]))
+        levels = _on_ticks(levels_for(rule, lambda period: float(ctx.market.atr_at(symbol, at, period)[0])),
+                           ctx.config.rules_for(symbol).tick_size)
         native = bool(getattr(ctx.broker, "supports_brackets", False))
         b = Bracket(sid, row["client_order_id"], symbol, row["strategy"],
                     {STOP_LEG: client_order_id(sid, STOP_LEG, prefix), TARGET_LEG: client_order_id(sid, TARGET_LEG, prefix)},
@@ -110,6 +111,12 @@ class BracketPass:
         legs = open_legs(ledger, self.ctx.namespace, self.ctx.venue, self.ctx.config.client_id_prefix)
         native = bool(getattr(self.ctx.broker, "supports_brackets", False))
         for r in legs:
+            at_venue = await self.ctx.broker.get_order_by_client_id(r["client_order_id"], r["symbol"])
+            if at_venue is None:  # open in the ledger, unknown to this venue (reconciliation said so too)
+                self.audit.append({"event": "bracket.leg_missing", "entity": "order", "entity_id": r["client_order_id"],
+                                   "payload": {"signal_id": r["signal_id"], "leg": leg_name(r["leg"])}})
+                continue
+            r = {**r, "broker_order_id": at_venue.order_id}
             entry = client_order_id(r["signal_id"], 0, self.ctx.config.client_id_prefix)
             b = self.brackets.get(entry)
             if b is None:
@@ -234,6 +241,8 @@ class BracketPass:
         b = replace(b, high_water=max(b.high_water, high), watched_ns=ctx.clock.now().value)
         self._set(b)
         new_stop = b.high_water - b.trail
+        tick = ctx.config.rules_for(b.symbol).tick_size
+        new_stop = float(round_to_tick(np.array([new_stop]), tick)[0]) if tick else new_stop
         old = b.legs[stop_leg]
         if new_stop <= b.stop * (1 + 1e-12) or self._filled(old) or old not in self.memory:
             return
@@ -346,6 +355,17 @@ class BracketPass:
             ctx.recorder.record_alerts(sent, prov)
         ctx.brackets = {k: b for k, b in self.brackets.items() if b.state != "closed"}
         ctx.brackets_restored = self.restored
+
+
+def _on_ticks(levels, tick: float | None):
+    """Leg prices rounded to the venue's tick, as step 3 rounds every price."""
+    if not tick:
+        return levels
+
+    def rounded(entry: float) -> tuple[float | None, float | None]:
+        return tuple(None if p is None else float(round_to_tick(np.array([p]), tick)[0]) for p in levels(entry))
+
+    return rounded
 
 
 def _leg_row(b: Bracket, leg: int, coid: str, broker_order_id: str, quantity: float, price: float | None,

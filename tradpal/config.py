@@ -33,6 +33,8 @@ class Settings(BaseSettings):
         "limit (broker ccxt): a number, or 'profile' for the venue profile's budget; unset or 0: off (ccxt's "
         "own limiter only)")
     venue_rate_burst: int | None = Field(None, ge=1, description="burst of that rate limit (default: the profile's)")
+    risk_config: str | None = Field(None, description="risk YAML of live runs (limits, breakers, brackets, alerts); "
+                                    "see `tradpal risk example`")
     approval_notional: float | None = Field(None, gt=0, description="live orders above this notional (quote "
                                             "currency) wait for approval in the Prefect UI; unset: off")
     approval_timeout_s: float = Field(900.0, gt=0, description="seconds an order waits for approval before it "

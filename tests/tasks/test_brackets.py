@@ -261,3 +261,13 @@ def test_a_leg_filled_while_down_cancels_the_other_after_reconciliation(ledger) 
     assert reasons(frames)[STOP] == f"OCO: the other leg {TARGET} filled while the process was down"
     assert broker.position(SYM) == 0.0 and ctx.open_orders == {} and ctx.brackets == {}
     assert ledger.find_order(ctx.venue, STOP)["status"] == "CANCELED"
+
+
+def test_leg_prices_are_rounded_to_the_tick() -> None:
+    from tasks.context import SymbolRules
+
+    cfg = PipelineConfig(order_timeout_s=None, rules={SYM: SymbolRules(tick_size=0.5)},
+                         risk=risk("default: {stop_loss: {percent: 0.033}, take_profit: {percent: 0.077}}"))
+    ctx, out = replay([ENTRY, (100, 101, 96.4, 97)], config=cfg)
+    # 96.7 -> 96.5 and 107.7 -> 107.5 on a 0.5 tick; the 96.4 low reaches the stop at 96.5
+    assert by_order(out)[STOP] == [("FILL", 2.0, 96.5, t(2))]
