@@ -5,9 +5,7 @@ Public:  GET  /api/v3/ping, /time, /exchangeInfo, /ticker/24hr, /ticker/price,
               /ticker/bookTicker, /klines
 Signed:  GET  /api/v3/account, /order, /openOrders, /allOrders, /myTrades
          POST /api/v3/order          DELETE /api/v3/order, /openOrders
-Admin:   POST /admin/advance {"bars": n}      POST /admin/price {"symbol", "price"}
-         POST /admin/faults {...}             GET  /admin/state
-         (no authentication: the server listens on 127.0.0.1 only)
+Admin:   /admin/advance, /admin/price, /admin/faults, /admin/state (``dialect``)
 
 Signed requests are checked as Binance checks them: the ``X-MBX-APIKEY`` header, an
 HMAC-SHA256 ``signature`` (hex) over the query string followed by the body (both
@@ -28,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
@@ -40,6 +37,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from brokers.base.types import Side
+from brokers.emulator.dialect import Dialect, fmt, public_params
 from brokers.emulator.engine import (
     EmOrder,
     Engine,
@@ -55,12 +53,6 @@ from brokers.emulator.faults import FaultAnswers, FaultMiddleware
 MAX_RECV_WINDOW = 60_000
 DEFAULT_RECV_WINDOW = 5_000
 RESP_TYPES = ("ACK", "RESULT", "FULL")
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def fmt(x: Decimal | None) -> str:
-    """A number as Binance writes it: a string with 8 decimals."""
-    return f"{(x if x is not None else Decimal(0)):.8f}"
 
 
 def error(status: int, code: int, msg: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -220,25 +212,9 @@ def ticker_json(engine: Engine, symbol: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------- the app
 
 
-class BinanceDialect:
+class BinanceDialect(Dialect):
     """Routes and request checks of the Binance spot dialect over one engine and one
     API key / secret pair."""
-
-    def __init__(self, engine: Engine, api_key: str, secret: str) -> None:
-        self.engine = engine
-        self._api_key = api_key
-        self._secret = secret.encode()
-        self._by_venue_id = {spec.venue_id: symbol for symbol, spec in engine.specs.items()}
-
-    # -- request plumbing
-
-    def symbol(self, venue_id: str | None) -> str:
-        if not venue_id:
-            raise bad_request(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
-        symbol = self._by_venue_id.get(venue_id.upper())
-        if symbol is None:
-            raise bad_request(-1121, "Invalid symbol.")
-        return symbol
 
     def symbols_param(self, params: dict[str, str]) -> list[str]:
         """``symbol=ETHBTC`` or ``symbols=["ETHBTC",...]`` or neither (all)."""
@@ -287,7 +263,7 @@ class BinanceDialect:
         if stamp > now + 1000 or now - stamp > window:
             raise bad_request(-1021, "Timestamp for this request is outside of the recvWindow.")
 
-    def routes(self) -> list[Route]:
+    def api_routes(self) -> list[Route]:
         public = [
             ("/api/v3/ping", "GET", self.ping),
             ("/api/v3/time", "GET", self.time),
@@ -307,45 +283,11 @@ class BinanceDialect:
             ("/api/v3/allOrders", "GET", self.all_orders),
             ("/api/v3/myTrades", "GET", self.my_trades),
         ]
-        admin = [
-            ("/admin/advance", "POST", self.admin_advance),
-            ("/admin/price", "POST", self.admin_price),
-            ("/admin/faults", "POST", self.admin_faults),
-            ("/admin/state", "GET", self.admin_state),
-        ]
-        routes = [Route(p, self._public(h), methods=[m]) for p, m, h in public + admin]
-        routes += [Route(p, self._signed(h), methods=[m]) for p, m, h in signed]
-        return routes
+        return ([Route(p, self.endpoint(public_params, h), methods=[m]) for p, m, h in public]
+                + [Route(p, self.endpoint(self.signed_params, h), methods=[m]) for p, m, h in signed])
 
-    def _public(self, handler: Callable[[dict[str, Any]], Any]) -> Handler:
-        async def params(request: Request) -> dict[str, Any]:
-            out: dict[str, Any] = dict(request.query_params)
-            if request.method == "POST":
-                raw = await request.body()
-                out.update(json.loads(raw) if raw else {})
-            return out
-
-        return self._endpoint(params, handler)
-
-    def _signed(self, handler: Callable[[dict[str, str]], Any]) -> Handler:
-        return self._endpoint(self.signed_params, handler)
-
-    def _endpoint(self, read: Callable[[Request], Awaitable[dict[str, Any]]],
-                  handler: Callable[[dict[str, Any]], Any]) -> Handler:
-        """An endpoint: parameters from ``read``, the answer from ``handler`` (under the
-        engine's lock), a refusal as Binance's error JSON."""
-
-        async def endpoint(request: Request) -> Response:
-            try:
-                params = await read(request)
-                with self.engine.lock:
-                    return JSONResponse(handler(params))
-            except VenueError as exc:
-                return error(exc.status, exc.code, exc.msg)
-            except (ValueError, KeyError, TypeError, ArithmeticError):
-                return error(400, -1100, "Illegal characters found in a parameter.")
-
-        return endpoint
+    def error_response(self, exc: VenueError) -> Response:
+        return error(exc.status, exc.code, exc.msg)
 
     # -- public endpoints
 
@@ -501,42 +443,6 @@ class BinanceDialect:
         limit = min(int(params.get("limit", 500)), 1000)
         chosen = [t for t in trades if start <= t.time_ms <= end and t.trade_id >= from_id]
         return [trade_json(self.engine, t) for t in chosen[:limit]]
-
-    # -- admin endpoints
-
-    def admin_advance(self, params: dict[str, Any]) -> dict[str, Any]:
-        index = self.engine.advance(int(params.get("bars", 1)))
-        return self._market_state(index)
-
-    def admin_price(self, params: dict[str, Any]) -> dict[str, Any]:
-        raw = str(params.get("symbol", ""))
-        symbol = raw if raw in self.engine.specs else self.symbol(raw)
-        if "price" not in params:
-            raise bad_request(-1102, "Mandatory parameter 'price' was not sent.")
-        self.engine.set_price(symbol, params["price"])
-        return self._market_state(self.engine.index)
-
-    def admin_faults(self, params: dict[str, Any]) -> dict[str, Any]:
-        self.engine.faults.update(params)
-        return dict(self.engine.faults)
-
-    def admin_state(self, params: dict[str, str]) -> dict[str, Any]:
-        return {
-            **self._market_state(self.engine.index),
-            "orders": len(self.engine.orders),
-            "open_orders": len(self.engine.open_orders()),
-            "trades": len(self.engine.trades),
-            "balances": {a: {"free": fmt(f), "locked": fmt(lk)} for a, (f, lk) in self.engine.balances().items()},
-            "faults": dict(self.engine.faults),
-            "requests": len(self.engine.requests),
-        }
-
-    def _market_state(self, index: int) -> dict[str, Any]:
-        return {
-            "index": index,
-            "bars": self.engine.bar_count,
-            "prices": {s: fmt(self.engine.price(s)) for s in self.engine.specs},
-        }
 
 
 def _unsigned(raw: str) -> str:
