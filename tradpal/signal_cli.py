@@ -36,7 +36,11 @@ def add_parsers(sub) -> None:
 
 
 def cmd_signal(args) -> int:
+    import logging
+
     from tradpal.signals import submit_signal
+
+    logging.getLogger("EventsWorker").setLevel(logging.ERROR)  # its exit-time "Still processing items" notice
 
     signal_id = submit_signal(args.symbol, args.side, args.quantity, strategy=args.strategy, price=args.price,
                               signal_id=args.signal_id, order_type=args.order_type, limit_price=args.limit_price,
