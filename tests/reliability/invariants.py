@@ -103,6 +103,13 @@ def read_book(base_url: str, api_key: str, secret: str, symbols: list[str]) -> V
 # -- the check -------------------------------------------------------------------------------
 
 
+def _failed(rejections: pd.DataFrame) -> bool:
+    """A failure (the system gave up: a broker step's retries spent, the order never reached
+    the venue, the process died) rather than a refusal (risk checks, the venue said no)."""
+    return bool(((rejections["step"] == "reconcile")
+                 | rejections["reason"].str.startswith(tuple(f"{s} failed" for s in BROKER_STEPS))).any())
+
+
 def _outcome(order: pd.Series | None, rejections: pd.DataFrame) -> tuple[str, str | None]:
     """(outcome, problem or None) of one signal."""
     if order is None:
@@ -110,8 +117,7 @@ def _outcome(order: pd.Series | None, rejections: pd.DataFrame) -> tuple[str, st
             return "none", "no order and no rejection: the signal has no outcome"
         if rejections["reason"].fillna("").str.strip().eq("").any():
             return "rejected", "a rejection without a reason"
-        steps = set(rejections["step"])
-        return ("failed" if steps & BROKER_STEPS else "rejected"), None
+        return ("failed" if _failed(rejections) else "rejected"), None
     status, filled = order["status"], float(order["filled_quantity"] or 0.0)
     if status not in TERMINAL:
         return "open", f"order {order['client_order_id']} is still {status}"
@@ -123,8 +129,7 @@ def _outcome(order: pd.Series | None, rejections: pd.DataFrame) -> tuple[str, st
         return ("partial_then_cancelled" if filled > 0 else "cancelled"), None
     if not (order["reason"] or "").strip():
         return "rejected", f"order {order['client_order_id']} REJECTED without a reason"
-    steps = set(rejections["step"]) if len(rejections) else set()
-    return ("failed" if steps & BROKER_STEPS else "rejected"), None
+    return ("failed" if len(rejections) and _failed(rejections) else "rejected"), None
 
 
 def check(ledger, book: VenueBook, *, namespace: str = "live", expect_signals: set[str] | None = None,
