@@ -61,11 +61,12 @@ def _wait_file(path: Path, proc: subprocess.Popen, timeout: float = 180) -> str:
     raise TimeoutError(f"not ready after {timeout}s: {path}")
 
 
-def start_worker(tmp: Path, symbol: str, db: str, env: dict[str, str], *prices: str) -> tuple[subprocess.Popen, int]:
+def start_worker(tmp: Path, symbol: str, db: str, env: dict[str, str], *prices: str,
+                 shared: bool = False) -> tuple[subprocess.Popen, int]:
     quote = symbol.split("/")[1]
     ready = tmp / f"ready-{uuid.uuid4().hex[:6]}"
     argv = [*TRADPAL, "live", "run", "--symbol", symbol, "--port", "0", "--ready-file", str(ready),
-            "--database-url", db, "--cash", "1e9", "--quote", quote, *sum((["--price", p] for p in prices), [])]
+            "--database-url", db, "--cash", "1e9", "--quote", quote, *(["--shared-account"] if shared else []), *sum((["--price", p] for p in prices), [])]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "worker.log", "ab"))  # noqa: SIM115 - the child keeps it
     return proc, int(_wait_file(ready, proc))
 
@@ -232,7 +233,7 @@ def two_workers(rate: float = 100.0, seconds: float = 60.0) -> None:
                 from tradpal.ledger import Ledger
 
                 Ledger(db)  # migrate once, before two workers race to
-                workers = [start_worker(tmp, "ETH/BTC", db, _env(tmp, **venue_env(url))) for _ in range(2)]
+                workers = [start_worker(tmp, "ETH/BTC", db, _env(tmp, **venue_env(url)), shared=True) for _ in range(2)]
                 try:
                     ids, answers, wall = asyncio.run(open_loop([p for _, p in workers], rate, seconds, "ETH/BTC", 0.01))
                 finally:

@@ -57,10 +57,14 @@ def stop_on_signals(stop: asyncio.Event):
 async def live_stream(symbols: list[str], host: str = "127.0.0.1", port: int = 8787,
                       prices: dict[str, float] | None = None, cash: float = 10_000.0, quote: str = "USDT",
                       database_url: str | None = None, max_batch: int = 256, idle_poll_s: float = 1.0,
-                      duration_s: float | None = None, ready_file: str | None = None) -> dict:
+                      duration_s: float | None = None, ready_file: str | None = None,
+                      shared_account: bool = False) -> dict:
     """Serve the intake on ``host:port`` (0: a free port) and execute what arrives against
     the configured broker (``TRADPAL_BROKER``; the paper broker on the wall clock by
-    default, at ``prices``). ``ready_file`` gets the port once the intake listens."""
+    default, at ``prices``). ``ready_file`` gets the port once the intake listens.
+    ``shared_account``: other workers trade the same account (high availability: the same
+    signals sent to each; the ledger's claim lets one of them order), so step 7 does not
+    hold this worker's book against the account's balances."""
     symbols = [s.strip().upper() for s in symbols]
     prices = {k.upper(): float(v) for k, v in (prices or {}).items()}
     settings = load_settings()
@@ -82,7 +86,8 @@ async def live_stream(symbols: list[str], host: str = "127.0.0.1", port: int = 8
                                                                   venue=broker.name),
                                run_id=run_id, namespace="live", strategy="live")
         ctx.alerter = alerter_from_env()
-        ctx.config = PipelineConfig(rules={s: ctx.config.default_rules for s in prices})
+        ctx.config = PipelineConfig(rules={s: ctx.config.default_rules for s in prices},
+                                    verify_book=not shared_account)
         fills: list[pd.DataFrame] = []
         with stop_on_signals(stop):
             server = await start_intake(host, port, queue.submit)

@@ -72,6 +72,8 @@ class PipelineConfig:
     order_timeout_s: float | None = 30.0  # monitoring cancels what is still open after this
     poll_interval_s: float = 0.2
     client_id_prefix: str = "tp"
+    verify_book: bool = True  # step 7 checks the book against the broker's account (off: an account shared
+    #                            by several workers, each booking only its own fills)
     risk: Any = None  # risk.config.RiskConfig: limits (step 4) and per-strategy sizing (step 2)
 
     def rules_for(self, symbol: str) -> SymbolRules:

@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--max-batch", type=_number(int), default=256, help="most signals per batch of task runs")
     lr.add_argument("--duration", type=_number(float), default=None, help="stop after this many seconds")
     lr.add_argument("--ready-file", default=None, help="write the intake's port here once it listens")
+    lr.add_argument("--shared-account", action="store_true",
+                    help="other workers trade this account too: don't hold the book against its balances")
     lr.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
     lv.add_argument("--price", action="append", default=[], metavar="SYMBOL=PRICE",
                     help="last price for the paper broker (repeatable)")
@@ -420,7 +422,8 @@ def cmd_live_run(args) -> int:
 
     summary = _run_flow(live_stream, symbols=args.symbol, host=args.host, port=args.port, prices=prices,
                         cash=args.cash, quote=args.quote, database_url=args.database_url, max_batch=args.max_batch,
-                        duration_s=args.duration, ready_file=args.ready_file)
+                        duration_s=args.duration, ready_file=args.ready_file,
+                        shared_account=args.shared_account)
     print(json.dumps(summary, indent=2, default=str))
     return 0 if summary.get("ok") else 1
 
