@@ -2,9 +2,11 @@
 each) through the `replay_sweep` flow on a Dask LocalCluster of 1 and of 2 worker
 processes (one thread each); wall seconds and the speedup.
 
-For each worker count: ``cold`` (the flow creates its cluster: worker processes start and
-import) and ``warm`` (an already-running cluster, reached by its address as an external
-scheduler would be; workers warmed up by importing the replay code). ``serial`` is the same
+For each worker count: ``cold`` (the flow creates its cluster: worker processes start,
+import, fill their caches, and are stopped at the end) and ``warm`` (an already-running
+cluster reached by its address, as an external scheduler would be, whose workers have run a
+small sweep before). Both include the flow's input check (each market's files loaded once,
+on the workers) and its table artifact and file. ``serial`` is the same
 eight replays run one after the other in this process, without Prefect or Dask. The load
 average (1 min) before and after each measurement is reported with it: the development
 machine has 2 cores, shared.
@@ -68,13 +70,18 @@ def sweep(markets: list[dict], base: dict, tmp: Path, tag: str, **where) -> tupl
     return seconds, sum(r["seconds"] for r in result["table"])
 
 
-def warm_cluster(n: int):
-    from distributed import Client, LocalCluster
+def warm_cluster(n: int, tmp: Path):
+    """A running LocalCluster whose workers have already run a small sweep (imports done,
+    caches filled): the steady state of a long-lived external cluster."""
+    from distributed import LocalCluster
+
+    from flows.replay_sweep import run_sweep
 
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address=None)
-    with Client(cluster) as client:
-        client.run(lambda: __import__("flows.replay_sweep") and None)
+    small = write_markets(tmp / f"warmup{n}", 2 * n, 2_000, 20)
+    run_sweep(small, None, {"cash": 1_000_000.0}, str(tmp / f"out-warmup{n}"), f"sqlite:///{tmp / f'warmup{n}.db'}",
+              address=cluster.scheduler_address)
     return cluster
 
 
@@ -106,7 +113,7 @@ def _measure(markets: list[dict], tag: str, tmp: Path) -> None:
             if mode == "cold":
                 seconds, in_cases = sweep(markets, base, tmp, f"{mode}{n}", workers=n)
             else:
-                cluster = warm_cluster(n)
+                cluster = warm_cluster(n, tmp)
                 try:
                     seconds, in_cases = sweep(markets, base, tmp, f"{mode}{n}", address=cluster.scheduler_address)
                 finally:
