@@ -84,3 +84,20 @@ def test_bad_input_stops_the_flow_before_any_case_runs(prefect_api, tmp_path):
         replay_sweep.with_options(task_runner=threads)([good, bad], {"slippage_bps": [0.0, 5.0]}, None, str(out),
                                                        f"sqlite:///{tmp_path / 'ledger.db'}")
     assert not out.exists() and not (tmp_path / "ledger.db").exists()
+
+
+def test_the_dask_cluster_comes_from_configuration(monkeypatch):
+    from flows.replay_sweep import dask_task_runner
+    from tradpal.errors import ConfigError
+
+    monkeypatch.setenv("TRADPAL_DASK_WORKERS", "3")
+    local = dask_task_runner()
+    assert local.address is None and local.cluster_kwargs["n_workers"] == 3
+    assert local.cluster_kwargs["host"] == "127.0.0.1" and local.cluster_kwargs["threads_per_worker"] == 1
+    assert dask_task_runner(workers=1).cluster_kwargs["n_workers"] == 1
+    monkeypatch.setenv("TRADPAL_DASK_ADDRESS", "tcp://10.0.0.5:8786")
+    assert dask_task_runner().address == "tcp://10.0.0.5:8786"  # an external scheduler: no local cluster
+    assert dask_task_runner(address="tcp://127.0.0.1:9999").address == "tcp://127.0.0.1:9999"
+    monkeypatch.setenv("TRADPAL_DASK_ADDRESS", "10.0.0.5")
+    with pytest.raises(ConfigError, match="TRADPAL_DASK_ADDRESS: .*tcp://host:8786"):
+        dask_task_runner()
