@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
@@ -96,6 +97,10 @@ def test_a_canary_url_from_a_block_appears_nowhere_but_at_the_receiver(prefect_a
     run = FlowRunFilter(id=FlowRunFilterId(any_=[summary["flow_run_id"]]))
     arts = prefect_client(lambda c: c.read_artifacts(flow_run_filter=run))
     assert arts and not any(CANARY in str(a.data) or CANARY in str(a.description) for a in arts)
-    logs = prefect_client(lambda c: c.read_logs(log_filter=LogFilter(
-        flow_run_id=LogFilterFlowRunId(any_=[summary["flow_run_id"]]))))
+    logs: list = []
+    deadline = time.monotonic() + 60
+    while not any("Finished in state" in e.message for e in logs) and time.monotonic() < deadline:
+        time.sleep(0.5)  # logs reach the API in batches, after the run
+        logs = prefect_client(lambda c: c.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[summary["flow_run_id"]]))))
     assert logs and not any(CANARY in entry.message for entry in logs)
