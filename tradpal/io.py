@@ -6,6 +6,7 @@ header is line 1, so row N is line N+1 of a CSV) and the column.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ OHLCV_COLUMNS = ["timestamp", "open", "high", "low", "close", "volume"]
 SIGNAL_REQUIRED = ["timestamp", "symbol", "side", "quantity"]
 SIGNAL_OPTIONAL = ["signal_id", "strategy", "order_type", "limit_price", "stop_price", "reference_price"]
 ORDER_TYPES = {"market", "limit", "stop", "stop_limit"}
+SYMBOL_RE = re.compile(r"[A-Za-z0-9._-]+/[A-Za-z0-9._-]+(:[A-Za-z0-9]+)?")
+SMALL = 64  # rows: below this, `check_signal_rows` checks typed rows in plain Python
 
 
 def _where(path: Path, row: int, column: str | None = None) -> str:
@@ -148,6 +151,8 @@ def check_signal_rows(df: pd.DataFrame) -> list[tuple[int, str, str]]:
 
     Shared by the file loader (which stops at the first) and the intake step (which
     rejects each bad row into the ledger and keeps the rest)."""
+    if len(df) <= SMALL and (quick := _check_small(df)) is not None:
+        return quick
     problems: list[tuple[int, str, str]] = []
 
     def flag(mask: pd.Series, col: str, why) -> None:
@@ -155,26 +160,74 @@ def check_signal_rows(df: pd.DataFrame) -> list[tuple[int, str, str]]:
             problems.append((int(pos), col, why(int(pos)) if callable(why) else why))
 
     side = df["side"].astype("string").str.strip().str.lower()
-    flag(~side.isin(["buy", "sell"]), "side", lambda r: f"unknown side {df['side'].iloc[r]!r} (expected buy or sell)")
+    flag(~side.isin(["buy", "sell"]), "side", lambda r: f"unknown side {_plain(df['side'].iloc[r])!r} (expected buy or sell)")
     qty = pd.to_numeric(df["quantity"], errors="coerce")
-    flag(~(qty > 0), "quantity", lambda r: f"quantity must be a number > 0, got {df['quantity'].iloc[r]!r}")
+    flag(~(qty > 0), "quantity", lambda r: f"quantity must be a number > 0, got {_plain(df['quantity'].iloc[r])!r}")
     sym = df["symbol"].astype("string").str.strip()
     flag(~sym.str.fullmatch(r"[A-Za-z0-9._-]+/[A-Za-z0-9._-]+(:[A-Za-z0-9]+)?").fillna(False), "symbol",
-         lambda r: f"symbol must look like BASE/QUOTE, got {df['symbol'].iloc[r]!r}")
+         lambda r: f"symbol must look like BASE/QUOTE, got {_plain(df['symbol'].iloc[r])!r}")
     if "order_type" in df:
         ot = df["order_type"].astype("string").str.strip().str.lower().fillna("market")
         flag(~ot.isin(list(ORDER_TYPES)), "order_type",
-             lambda r: f"unknown order_type {df['order_type'].iloc[r]!r} (expected {', '.join(sorted(ORDER_TYPES))})")
+             lambda r: f"unknown order_type {_plain(df['order_type'].iloc[r])!r} (expected {', '.join(sorted(ORDER_TYPES))})")
         for col, kinds in (("limit_price", ("limit", "stop_limit")), ("stop_price", ("stop", "stop_limit"))):
             price = pd.to_numeric(df[col], errors="coerce") if col in df else pd.Series(np.nan, index=df.index)
             flag(ot.isin(kinds) & ~(price > 0), col, lambda r, c=col: f"{ot.iloc[r]} order needs {c} > 0")
     for col in ("limit_price", "stop_price", "reference_price"):
         if col in df:
             price = pd.to_numeric(df[col], errors="coerce")
-            flag(price.notna() & ~(price > 0), col, lambda r, c=col: f"{c} must be > 0, got {df[c].iloc[r]!r}")
+            flag(price.notna() & ~(price > 0), col, lambda r, c=col: f"{c} must be > 0, got {_plain(df[c].iloc[r])!r}")
     if "signal_id" in df:
         sid = df["signal_id"].astype("string").str.strip()
         flag(sid.isna() | (sid.str.len() == 0) | (sid.str.len() > 128), "signal_id",
              "signal_id must be 1 to 128 characters")
+    problems.sort(key=lambda p: p[0])
+    return problems
+
+
+def _plain(v):
+    """A numpy scalar as the Python value (messages show ``-1.0``, not ``np.float64(-1.0)``)."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _check_small(df: pd.DataFrame) -> list[tuple[int, str, str]] | None:
+    """`check_signal_rows` for a few rows whose values already have their types (strings,
+    floats: what the intake step and the HTTP intake hand over), in plain Python, same
+    verdicts and messages; None when a value is of another type (the vectorised path then)."""
+    n = len(df)
+    absent = [None] * n
+    cols = {c: (df[c].tolist() if c in df else absent) for c in
+            ("side", "quantity", "symbol", "order_type", "limit_price", "stop_price", "reference_price", "signal_id")}
+    for c in ("side", "symbol", "order_type", "signal_id"):
+        if not all(type(v) is str or (v is None and (c not in df or c in ("order_type",))) for v in cols[c]):
+            return None
+    for c in ("quantity", "limit_price", "stop_price", "reference_price"):
+        if not all(type(v) is float or (v is None and c not in df) for v in cols[c]):
+            return None
+    problems: list[tuple[int, str, str]] = []
+    for r in range(n):
+        side, qty, sym = cols["side"][r], cols["quantity"][r], cols["symbol"][r]
+        if side.strip().lower() not in ("buy", "sell"):
+            problems.append((r, "side", f"unknown side {side!r} (expected buy or sell)"))
+        if not qty > 0:
+            problems.append((r, "quantity", f"quantity must be a number > 0, got {qty!r}"))
+        if SYMBOL_RE.fullmatch(sym.strip()) is None:
+            problems.append((r, "symbol", f"symbol must look like BASE/QUOTE, got {sym!r}"))
+        if "order_type" in df:
+            raw = cols["order_type"][r]
+            ot = "market" if raw is None else raw.strip().lower()
+            if ot not in ORDER_TYPES:
+                problems.append((r, "order_type", f"unknown order_type {raw!r} (expected "
+                                                  f"{', '.join(sorted(ORDER_TYPES))})"))
+            for col, kinds in (("limit_price", ("limit", "stop_limit")), ("stop_price", ("stop", "stop_limit"))):
+                price = cols[col][r]
+                if ot in kinds and not (price is not None and price > 0):
+                    problems.append((r, col, f"{ot} order needs {col} > 0"))
+        for col in ("limit_price", "stop_price", "reference_price"):
+            price = cols[col][r]
+            if col in df and price == price and not price > 0:
+                problems.append((r, col, f"{col} must be > 0, got {price!r}"))
+        if "signal_id" in df and not 0 < len(cols["signal_id"][r].strip()) <= 128:
+            problems.append((r, "signal_id", "signal_id must be 1 to 128 characters"))
     problems.sort(key=lambda p: p[0])
     return problems
