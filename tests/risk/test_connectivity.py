@@ -152,3 +152,46 @@ def test_the_factory_guards_the_broker_only_when_configured(monkeypatch, ledger)
 
     with pytest.raises(ConfigError, match="TRADPAL_BACKUP_EXCHANGE_URL: .*expected an http"):
         load_settings()
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch):
+    """The broker steps' Prefect tasks without their backoff delays."""
+    from tasks import prefect_tasks
+
+    for name, task in list(prefect_tasks.STEP_TASKS.items()):
+        if task.retries:
+            monkeypatch.setitem(prefect_tasks.STEP_TASKS, name, task.with_options(retry_delay_seconds=0))
+
+
+@pytest.mark.usefixtures("prefect_api", "fast_retries")
+def test_prefect_retries_carry_the_placement_over_to_the_backup(tmp_path) -> None:
+    """The placement task's retries (real Prefect) meet the breaker: the third failure in a row
+    fails over, and the task's next retry places the order through the backup route, once."""
+    from prefect import flow
+
+    from tasks.pipeline import run_batch
+    from tasks.prefect_tasks import task_caller
+    from tests.tasks.conftest import FLAT_100, bars, t
+    from tradpal.ledger import Ledger
+
+    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        ctx = ledger_context(led, market={SYM: bars([FLAT_100] * 3)}, config=PipelineConfig(order_timeout_s=None))
+        paper = ctx.broker
+        primary = FlakyBroker(paper, {"get_order_by_client_id": 99}, DOWN)
+        ctx.broker = ConnectivityGuard(primary, paper, max_errors=3, ledger=led, namespace=ctx.namespace)
+        ctx.monitor_until = t(3)
+
+        @flow(name="test-failover", persist_result=False, validate_parameters=False)
+        async def batch():
+            return await run_batch(raw_signals({"timestamp": t(1)}), ctx, call=task_caller("test"))
+
+        report = asyncio.run(batch())
+        assert report["exec_type"].tolist() == ["FILL"] and paper.position(SYM) == 1.0
+        assert primary.calls["get_order_by_client_id"] == 3 and ctx.broker.route == "backup"
+        assert led.frame("orders")["status"].tolist() == ["FILLED"] and led.frame("rejections").empty
+        [b] = led.active_breakers()
+        assert b["scope"] == f"{ctx.namespace}|route:paper" and b["flow_run_id"] is not None
+    finally:
+        led.close()
