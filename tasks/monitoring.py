@@ -125,6 +125,8 @@ async def monitor_executions(placed: pd.DataFrame, ctx: ExecutionContext) -> Ste
         legs = leg_coids(brackets.brackets)
         stale = [c for c, oo in memory.items() if c not in legs and ctx.clock.now() - oo.row["placed_at"] >= limit]
         await _cancel(ctx, memory, stale, reports, f"canceled: still open after the {cfg.order_timeout_s:g}s timeout")
+        if stale:
+            await brackets.advance()  # a timed-out entry that filled in part gets its bracket now
     if ctx.final:
         await _cancel(ctx, memory, list(memory), reports, END_OF_DATA)
         await brackets.advance()
