@@ -14,31 +14,54 @@ COLUMNS = list(SignalFrame.to_schema().columns)
 
 
 def _normalise(raw: pd.DataFrame, ctx: ExecutionContext) -> pd.DataFrame:
-    df = raw.reset_index(drop=True).copy()
-    n = len(df)
-    ids = df["signal_id"] if "signal_id" in df else pd.Series([None] * n, dtype=object)
-    missing = ids.isna().to_numpy()
+    """The raw signals with every contract column present, typed and tidied (case,
+    whitespace, defaults, generated ids). Built column by column as plain lists and made a
+    frame once: setting eleven columns on a frame one by one costs ~3 ms for one signal."""
+    n = len(raw)
+
+    def values(name: str) -> list | None:
+        return raw[name].tolist() if name in raw else None
+
+    def text(name: str, default: str | None = None) -> list[str]:
+        vals = values(name)
+        if vals is None:
+            return [default] * n
+        return [default if default is not None and _missing(v) else str(v) for v in vals]
+
+    ids = values("signal_id") or [None] * n
+    missing = [_missing(v) for v in ids]
     first = ctx.generated_signal_ids  # ids given so far in this run: unique over its batches
-    generated = iter([f"{ctx.run_id[:8]}-{first + i + 1}" for i in range(int(missing.sum()))])
-    ctx.generated_signal_ids += int(missing.sum())
-    df["signal_id"] = pd.Series([next(generated) if m else str(v).strip() for v, m in zip(ids, missing, strict=True)],
-                                index=df.index, dtype=object)
-    # a timestamp that cannot be parsed becomes NaT, rejected row by row in `intake_signals`
-    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, errors="coerce", format="mixed").astype(
-        "datetime64[ns, UTC]")
-    df["symbol"] = df["symbol"].astype(str).str.strip().str.upper()
-    df["side"] = df["side"].astype(str).str.strip().str.lower()
-    df["strategy"] = df["strategy"].fillna(ctx.default_strategy).astype(str) if "strategy" in df else ctx.default_strategy
-    df["order_type"] = (df["order_type"].fillna("market").astype(str).str.strip().str.lower()
-                        if "order_type" in df else "market")
+    generated = iter([f"{ctx.run_id[:8]}-{first + i + 1}" for i in range(sum(missing))])
+    ctx.generated_signal_ids += sum(missing)
+    cols: dict[str, object] = {
+        "signal_id": [next(generated) if m else str(v).strip() for v, m in zip(ids, missing, strict=True)],
+        # a timestamp that cannot be parsed becomes NaT, rejected row by row in `intake_signals`
+        "timestamp": _utc(raw["timestamp"].to_numpy()),
+        "symbol": [v.strip().upper() for v in text("symbol")],
+        "side": [v.strip().lower() for v in text("side")],
+        "strategy": text("strategy", ctx.default_strategy),
+        "order_type": [v.strip().lower() for v in text("order_type", "market")],
+    }
     for col in ("quantity", "limit_price", "stop_price", "reference_price"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64") if col in df else np.nan
-    if "received_at" in df:
-        received = pd.to_datetime(df["received_at"], utc=True, errors="coerce", format="mixed")
-        df["received_at"] = received.fillna(ctx.clock.now()).astype("datetime64[ns, UTC]")  # unknown: now
-    else:
-        df["received_at"] = pd.Series([ctx.clock.now()] * n, dtype="datetime64[ns, UTC]")
-    return df
+        cols[col] = (pd.to_numeric(raw[col].to_numpy(), errors="coerce").astype("float64") if col in raw
+                     else np.full(n, np.nan))
+    now = ctx.clock.now()
+    received = _utc(raw["received_at"].to_numpy()) if "received_at" in raw else None
+    cols["received_at"] = (pd.DatetimeIndex([now] * n, dtype="datetime64[ns, UTC]") if received is None
+                           else received.fillna(now))  # unknown: now
+    frame = pd.DataFrame(cols, index=pd.RangeIndex(n))
+    if n == 0:  # empty lists come out float64
+        frame = frame.astype({c: object for c in ("signal_id", "symbol", "side", "strategy", "order_type")})
+    return frame
+
+
+def _missing(v: object) -> bool:
+    return v is None or (isinstance(v, float) and v != v) or v is pd.NA or v is pd.NaT
+
+
+def _utc(values: np.ndarray) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(pd.to_datetime(values, utc=True, errors="coerce", format="mixed")).astype(
+        "datetime64[ns, UTC]")
 
 
 def _fill_reference_prices(df: pd.DataFrame, ctx: ExecutionContext) -> None:
