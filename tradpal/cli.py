@@ -241,10 +241,14 @@ def _with_progress(quiet: bool, fn):
 def cmd_replay(args) -> int:
     from dataclasses import fields
 
+    from tradpal.io import gap_note, ohlcv_gaps
     from tradpal.replay import load_inputs
 
     params = _replay_params(args)
-    load_inputs(params)  # every input problem surfaces here, before any run starts
+    inputs = load_inputs(params)  # every input problem surfaces here, before any run starts
+    for (_, path), bars in zip(params.feeds, (inputs.markets or {"": inputs.bars}).values(), strict=True):
+        if gaps := ohlcv_gaps(bars):
+            print(gap_note(path, gaps), file=sys.stderr)
     _prepare_prefect()
     from flows.paper_replay import paper_replay
 

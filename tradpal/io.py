@@ -146,6 +146,45 @@ def load_signals(path: str | Path, *, default_symbol: str | None = None) -> pd.D
     return df
 
 
+def ohlcv_gaps(bars: pd.DataFrame) -> dict | None:
+    """Missing bars: where two consecutive bars are further apart than 1.5x the usual
+    spacing (the median). None when there is none; else the count, the bars missing in
+    all, and the largest gap with the row it ends at. Gaps are reported, not refused:
+    the market-data gate (`tradpal.quality`) decides what is too large to trade on."""
+    ts = bars["timestamp"].to_numpy("datetime64[ns]").view("int64")
+    if len(ts) < 3:
+        return None
+    steps = np.diff(ts)
+    spacing = int(np.median(steps))
+    gaps = steps > 1.5 * spacing
+    if not gaps.any():
+        return None
+    largest = int(np.argmax(steps))
+    return {"gaps": int(gaps.sum()), "missing_bars": int((np.rint(steps[gaps] / spacing) - 1).sum()),
+            "bar": pd.Timedelta(spacing, "ns"), "largest": pd.Timedelta(int(steps[largest]), "ns"),
+            "largest_row": largest + 1, "largest_at": pd.Timestamp(int(ts[largest + 1]), tz="UTC")}
+
+
+def span(td: pd.Timedelta) -> str:
+    """A duration for people: ``5m``, ``1h 05m``, ``2d 3h``, ``30s``."""
+    secs = int(td.total_seconds())
+    d, rem = divmod(secs, 86_400)
+    h, rem = divmod(rem, 3_600)
+    m, sec = divmod(rem, 60)
+    if d:
+        return f"{d}d {h}h" if h else f"{d}d"
+    if h:
+        return f"{h}h {m:02d}m"
+    return f"{m}m" if m and not sec else (f"{m}m {sec:02d}s" if m else f"{sec}s")
+
+
+def gap_note(path: str | Path, gaps: dict) -> str:
+    """One line for the user: ``note: FILE: 3 gaps (12 missing 5m bars); largest 1h 05m, before row 812 (...)``."""
+    return (f"note: {path}: {gaps['gaps']} gap(s) in the bars ({gaps['missing_bars']} missing {span(gaps['bar'])} "
+            f"bars); the largest is {span(gaps['largest'])}, before row {gaps['largest_row']} "
+            f"({gaps['largest_at']:%Y-%m-%d %H:%M} UTC)")
+
+
 def check_signal_rows(df: pd.DataFrame) -> list[tuple[int, str, str]]:
     """Row-level problems in a signal frame: (row position, column, reason), in row order.
 
