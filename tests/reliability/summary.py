@@ -11,7 +11,8 @@ from collections import Counter
 
 def summarise(lines: list[dict]) -> dict:
     crash = [r for r in lines if r["campaign"] == "crash"]
-    faults = [r for r in lines if r["campaign"] == "faults"]
+    # a combination run again (a re-run of failed ones) counts once, as last measured
+    faults = list({(r["fault"], r["target"], r["strength"]): r for r in lines if r["campaign"] == "faults"}.values())
     killed_at = Counter(r.get("crash_at", "random").split(":")[0] if r["killed"] else "not reached" for r in crash)
     outcomes: Counter = Counter()
     for r in faults:
@@ -22,6 +23,7 @@ def summarise(lines: list[dict]) -> dict:
         "crash_final_outcomes": crash[-1]["outcomes_so_far"] if crash else {},
         "fault_runs": len(faults), "fault_runs_failed_then_restarted": sum(r["run_failed"] for r in faults),
         "fault_signals": sum(r["signals"] for r in faults), "fault_outcomes": dict(outcomes),
+        "fault_errors": dict(Counter(f"{r['target']}:{r['error']}" for r in faults if r.get("error"))),
         "faults": sorted({r["fault"] for r in faults}), "targets": sorted({r["target"] for r in faults}),
     }
 
