@@ -169,8 +169,6 @@ class BracketPass:
                 await self._watch(self.brackets[b.entry])
 
     async def _activate(self, b: Bracket) -> None:
-        from tasks.placement import place_one
-
         ctx = self.ctx
         entry = await ctx.broker.get_order_by_client_id(b.entry, b.symbol)
         if entry is None or not entry.executed_quantity > 0:
@@ -181,16 +179,18 @@ class BracketPass:
         stop, target = b.levels(avg)
         prices = {STOP_LEG: stop, TARGET_LEG: target}
         placed: dict[int, OrderResult] = {}
+        problems = skipped_legs(b.rule, stop, target, avg)
         for leg in (STOP_LEG, TARGET_LEG):  # the stop first: on a bar that reaches both, it wins
             if prices[leg] is None:
                 continue
             if b.native:
                 result = await ctx.broker.get_order_by_client_id(b.legs[leg], b.symbol)
             else:
-                result = await place_one(ctx, _leg_order(b, leg, qty, prices[leg], ctx.clock.now()))
+                result, why = await _place_leg(ctx, _leg_order(b, leg, qty, prices[leg], ctx.clock.now()))
+                if why:
+                    problems.append(f"the {leg_name(leg)} leg was refused by the venue: {why}")
             if result is not None:
                 placed[leg] = result
-        problems = skipped_legs(b.rule, stop, target, avg)
         if problems:
             self._alert(f"bracket:{b.signal_id}:skipped", f"TradPal bracket leg not placed: {b.symbol}",
                         f"Entry {b.entry} (signal {b.signal_id}, strategy {b.strategy}) filled {qty:g} @ {avg:g}; "
@@ -231,8 +231,6 @@ class BracketPass:
         and placing the next stop leg (3, 4, ...) at high water - distance. In a replay the
         high water takes the bars up to now (each bar's high counts from the next bar, as the
         native simulator does); live, the broker's last price (``get_last_prices``)."""
-        from tasks.placement import place_one
-
         ctx = self.ctx
         high = await self._high_since(b)
         stop_leg = next((n for n in sorted(b.legs) if n != TARGET_LEG), None)
@@ -252,8 +250,16 @@ class BracketPass:
         await self._cancel_legs([old], f"trailing stop moved to {new_stop:g}: replaced by {b.legs[leg]}")
         if self._filled(old) or not qty > 0:  # it filled before the cancel reached it: closes as a stop
             return
-        result = await place_one(ctx, _leg_order(b, leg, qty, new_stop, ctx.clock.now()))
+        result, why = await _place_leg(ctx, _leg_order(b, leg, qty, new_stop, ctx.clock.now()))
         legs = {n: c for n, c in b.legs.items() if n != stop_leg}
+        if result is None:  # the old stop is gone and the venue refused the new one: say so loudly
+            self._set(replace(b, legs=legs, trail=None))
+            self._alert(f"bracket:{b.signal_id}:trail", f"TradPal trailing stop lost: {b.symbol}",
+                        f"Moving the stop of signal {b.signal_id} to {new_stop:g} was refused by the venue: {why}. "
+                        "The position has no stop now.", "failure")
+            self.audit.append({"event": "bracket.stop_refused", "entity": "signal", "entity_id": b.signal_id,
+                               "payload": {"entry": b.entry, "to": new_stop, "reason": why}})
+            return
         self._set(replace(b, legs=legs, stop=new_stop))
         row = _leg_row(b, leg, result.client_order_id, result.order_id, qty, new_stop, ctx.clock.now())
         self.memory[result.client_order_id] = OpenOrder(row)
@@ -355,6 +361,21 @@ class BracketPass:
             ctx.recorder.record_alerts(sent, prov)
         ctx.brackets = {k: b for k, b in self.brackets.items() if b.state != "closed"}
         ctx.brackets_restored = self.restored
+
+
+async def _place_leg(ctx: ExecutionContext, order: Order) -> tuple[OrderResult | None, str | None]:
+    """Place an emulated leg (looked up by client id first); a refusal is (None, why), not
+    an error: the entry's fill stands, and the missing leg is alerted."""
+    from brokers.base import InsufficientFundsError, InvalidOrderError
+    from tasks.placement import place_one
+
+    try:
+        result = await place_one(ctx, order)
+    except (InsufficientFundsError, InvalidOrderError) as exc:
+        return None, f"{type(exc).__name__}: {exc.broker_message}"
+    if result.status.value == "REJECTED":
+        return None, result.reason or "rejected by the broker"
+    return result, None
 
 
 def _on_ticks(levels, tick: float | None):

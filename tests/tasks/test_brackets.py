@@ -271,3 +271,19 @@ def test_leg_prices_are_rounded_to_the_tick() -> None:
     ctx, out = replay([ENTRY, (100, 101, 96.4, 97)], config=cfg)
     # 96.7 -> 96.5 and 107.7 -> 107.5 on a 0.5 tick; the 96.4 low reaches the stop at 96.5
     assert by_order(out)[STOP] == [("FILL", 2.0, 96.5, t(2))]
+
+
+def test_an_emulated_leg_the_venue_refuses_is_alerted_and_the_run_goes_on(receiver) -> None:
+    from brokers.base import InvalidOrderError
+    from risk.alerts import Alerter
+    from tests.tasks.conftest import flaky
+
+    url, received = receiver
+    ctx = build_context(market={SYM: bars([ENTRY, (104, 111, 103, 108)])}, config=CONFIG, native_brackets=False,
+                        broker=flaky({"place_order": {2}}, InvalidOrderError("x", broker_message="MIN_NOTIONAL")))
+    ctx.alerter = Alerter([url])
+    ctx.monitor_until = t(2)
+    got = by_order(run_through(raw_signals({"quantity": 2.0}), ctx, "analysis"))
+    assert STOP not in got and got[TARGET] == [("FILL", 2.0, pytest.approx(110.0), t(2))]
+    [alert] = [m["json"] for m in received]
+    assert "the stop leg was refused by the venue: InvalidOrderError: MIN_NOTIONAL" in alert["message"]
