@@ -195,3 +195,37 @@ def test_prefect_retries_carry_the_placement_over_to_the_backup(tmp_path) -> Non
         assert b["scope"] == f"{ctx.namespace}|route:paper" and b["flow_run_id"] is not None
     finally:
         led.close()
+
+
+def test_risk_status_shows_the_connectivity_breaker_and_reset_is_audited(tmp_path, capsys) -> None:
+    from tradpal.cli import main
+    from tradpal.ledger import Ledger
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    led = Ledger(url)
+    try:
+        g = ConnectivityGuard(FlakyBroker(_paper(), {"get_positions": 9}, DOWN), max_errors=1, ledger=led,
+                              namespace="live")
+        fail(g, "get_positions", 1)
+    finally:
+        led.close()
+    assert main(["risk", "status", "--database-url", url]) == 0
+    out = capsys.readouterr().out
+    assert "TRIPPED connectivity [live|broker:paper]" in out and "until reset" in out
+    assert "1 consecutive broker errors on the primary route" in out
+    assert main(["risk", "reset", "--reason", "venue back", "--name", "connectivity", "--database-url", url]) == 0
+    assert "reset 1 breaker(s): connectivity:live|broker:paper" in capsys.readouterr().out
+    led = Ledger(url)
+    try:
+        reset = led.frame("audit_log").query("event == 'breaker.reset'")
+        assert reset["payload"].iloc[0]["reason"] == "venue back"
+    finally:
+        led.close()
+
+
+def _paper():
+    from brokers.paper import PaperBroker
+
+    broker = PaperBroker(cash=1000.0)
+    broker.set_price(SYM, 100.0)
+    return broker
