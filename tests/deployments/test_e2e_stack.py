@@ -94,6 +94,26 @@ async def live_runs(api_url: str, n: int, timeout: float) -> list:
         raise AssertionError(f"live runs not final after {timeout} s: {[(r.name, r.state_name) for r in runs]}")
 
 
+async def scheduled_risk_monitor_run(api_url: str, timeout: float) -> tuple[str, list[str]]:
+    """The first risk-monitor run the schedule created, once final: (state, artifact keys)."""
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
+    from prefect.client.schemas.filters import FlowRunFilterStateType as StateType
+    from prefect.client.schemas.objects import StateType as S
+
+    async with PrefectClient(api_url) as client:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["risk-monitor"])),
+                flow_run_filter=FlowRunFilter(state=dict(type=StateType(any_=[S.COMPLETED, S.FAILED, S.CRASHED]))))
+            if runs:
+                _, artifacts = await read_run_details(api_url, runs[0].id)
+                return runs[0].state_name, artifacts
+            await asyncio.sleep(1)
+    raise AssertionError(f"no risk-monitor run final after {timeout} s")
+
+
 async def read_run_details(api_url: str, flow_run_id) -> tuple[list[str], list[str]]:
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.filters import (
@@ -167,6 +187,8 @@ def test_a_signal_submitted_triggers_a_completed_live_run_recorded_end_to_end(st
     steps = [t for t in tasks if t[0] in "12345678"]
     assert len(steps) == 8 and all(t.endswith(f"[{sid_cli} momo BTC/USDT]") for t in steps), tasks
     assert {"live-summary", "live-executions"} <= set(artifacts)
+
+    assert asyncio.run(scheduled_risk_monitor_run(started.api_url, timeout=120)) == ("Completed", ["risk-monitor"])
 
     audit = cli("audit", sid_cli, env=env)
     assert audit.returncode == 0, audit.stderr
