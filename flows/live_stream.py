@@ -22,9 +22,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from brokers.base.clock import WallClock
-from brokers.factory import make_broker
+from brokers.factory import guarded, make_broker
 from flows.live_execution import last_prices, opening_book, reference_prices
 from risk.alerts import alerter_from_env
+from risk.config import load_risk_config
 from tasks.context import ExecutionContext, PipelineConfig
 from tasks.prefect_tasks import task_caller
 from tasks.reconcile import reconcile_task
@@ -68,10 +69,13 @@ async def live_stream(symbols: list[str], host: str = "127.0.0.1", port: int = 8
     symbols = [s.strip().upper() for s in symbols]
     prices = {k.upper(): float(v) for k, v in (prices or {}).items()}
     settings = load_settings()
+    risk = load_risk_config(settings.risk_config) if settings.risk_config else None  # TRADPAL_RISK_CONFIG
     ledger = Ledger(database_url or settings.ledger_url())
     clock = WallClock()
-    broker = make_broker(settings, cash=cash, quote=quote, prices=prices, clock=clock)
     run_id = uuid.uuid4().hex
+    alerter = alerter_from_env(risk)
+    broker = guarded(make_broker(settings, cash=cash, quote=quote, prices=prices, clock=clock), settings, risk,
+                     ledger=ledger, namespace="live", alerter=alerter, run_id=run_id, quote=quote)
     ledger.start_run("live", {"mode": "stream", "symbols": symbols, "venue": broker.name}, run_id=run_id,
                      flow_run_id=str(flow_run.id) if flow_run.id else None)
     queue, stop = SignalQueue(max_batch=max_batch), asyncio.Event()
@@ -85,10 +89,21 @@ async def live_stream(symbols: list[str], host: str = "127.0.0.1", port: int = 8
                                book=book, recorder=LedgerRecorder(ledger, run_id=run_id, namespace="live",
                                                                   venue=broker.name),
                                run_id=run_id, namespace="live", strategy="live")
-        ctx.alerter = alerter_from_env()
+        ctx.alerter = alerter
         ctx.config = PipelineConfig(rules={s: ctx.config.default_rules for s in prices},
-                                    verify_book=not shared_account)
+                                    verify_book=not shared_account, risk=risk)
         fills: list[pd.DataFrame] = []
+        raised: set[asyncio.Future] = set()
+
+        def on_batch(reports: pd.DataFrame) -> None:
+            fills.append(reports)
+            if ctx.pending_signals and not queue.closed:  # a loss-limit flatten: queued like any signal
+                pending, ctx.pending_signals = ctx.pending_signals, []
+                task = asyncio.ensure_future(queue.submit([{**p, "timestamp": p["timestamp"].isoformat(),
+                                                            "received_at": p["received_at"].isoformat()}
+                                                           for p in pending]))
+                raised.add(task)
+                task.add_done_callback(raised.discard)
         with stop_on_signals(stop):
             server = await start_intake(host, port, queue.submit)
             if ready_file:
@@ -98,7 +113,7 @@ async def live_stream(symbols: list[str], host: str = "127.0.0.1", port: int = 8
             if duration_s is not None:
                 asyncio.get_running_loop().call_later(duration_s, stop.set)
             consumer = asyncio.ensure_future(run_stream(queue, ctx, stop, make_call=task_caller,
-                                                        idle_poll_s=idle_poll_s, on_batch=fills.append))
+                                                        idle_poll_s=idle_poll_s, on_batch=on_batch))
             await asyncio.wait([consumer, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
             queue.closed = True  # stopping (or the consumer failed): no new signals; the queue drains
             stats = await consumer

@@ -64,3 +64,41 @@ def test_a_bad_risk_config_fails_before_the_run(prefect_api, tmp_path, monkeypat
         assert ledger.frame("runs").empty
     finally:
         ledger.close()
+
+
+def test_the_streaming_session_takes_the_risk_configuration(prefect_api, tmp_path, monkeypatch) -> None:
+    import os
+    import signal as signals
+
+    import httpx
+
+    from flows.live_stream import live_stream
+
+    (tmp_path / "risk.yaml").write_text(RISK)
+    monkeypatch.setenv("TRADPAL_RISK_CONFIG", str(tmp_path / "risk.yaml"))
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ready = tmp_path / "port"
+
+    async def go():
+        run = asyncio.ensure_future(live_stream(symbols=["BTC/USDT"], port=0, prices={"BTC/USDT": 50_000.0},
+                                                cash=10_000.0, database_url=db, ready_file=str(ready),
+                                                idle_poll_s=0.2))
+        while not (ready.exists() and ready.read_text()):
+            assert not run.done(), run.result()
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ready.read_text()}", timeout=60) as client:
+            answer = await client.post("/signals", json=signal("st-e"))
+            await asyncio.sleep(0.5)  # an idle monitoring pass or two over the open legs
+        os.kill(os.getpid(), signals.SIGTERM)
+        return answer, await run
+
+    answer, summary = asyncio.run(go())
+    assert answer.json()["results"][0]["status"] == "FILLED" and summary["ok"]
+    ledger = Ledger(db)
+    try:
+        orders = ledger.frame("orders").set_index("client_order_id")
+        legs = orders.loc[[client_order_id("st-e", 1), client_order_id("st-e", 2)]]
+        assert legs["order_type"].tolist() == ["stop", "limit"] and legs["status"].tolist() == ["NEW", "NEW"]
+        assert legs["stop_price"].iloc[0] == pytest.approx(47_500.0)
+    finally:
+        ledger.close()
