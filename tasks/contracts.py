@@ -24,6 +24,23 @@ from pandas.api.types import infer_dtype
 from pandera.errors import SchemaError, SchemaErrors
 from pandera.typing import Series
 
+
+def _pandas_only_typing() -> None:
+    """Building a model, Pandera probes for Dask types by importing ``dask.dataframe``
+    (1-5 s here) — installed only for the replay fan-out (`prefect-dask`). The contracts
+    are pandas frames, so Pandera is told Dask typing is absent, unless something already
+    imported it (a Dask worker), in which case the probe costs nothing anyway."""
+    import sys
+    import types
+
+    if "pandera.typing.dask" not in sys.modules and "dask.dataframe" not in sys.modules:
+        stub = types.ModuleType("pandera.typing.dask", "Dask typing disabled by tasks.contracts (pandas-only)")
+        stub.DASK_INSTALLED = False
+        sys.modules["pandera.typing.dask"] = stub
+
+
+_pandas_only_typing()
+
 UTC = Annotated[pd.DatetimeTZDtype, "ns", "UTC"]
 SIDES = ["buy", "sell"]
 ORDER_TYPES = ["market", "limit", "stop", "stop_limit"]
@@ -404,9 +421,13 @@ def validate_with_pandera(frame: pd.DataFrame, contract: type[pa.DataFrameModel]
         col = out[name]
         kind = infer_dtype(col, skipna=True)
         if col.dtype != object or kind not in ("string", "empty"):
-            bad = [int(i) for i, v in enumerate(col) if not (isinstance(v, str) or v is None or v != v)]
+            bad = [int(i) for i, v in enumerate(col) if not (isinstance(v, str) or _is_missing(v))]
             raise ContractViolation(step, contract.__name__, name, f"dtype str (found {kind})", bad)
     return out
+
+
+def _is_missing(v: object) -> bool:
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v)
 
 
 def _violation(exc: SchemaError | SchemaErrors, contract: type[pa.DataFrameModel], step: str) -> ContractViolation:

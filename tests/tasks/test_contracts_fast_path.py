@@ -67,7 +67,10 @@ def mutation(draw, frame_by_contract: dict):
 @given(data=st.data())
 def test_the_fast_path_never_passes_what_pandera_refuses(frames: dict, data) -> None:  # noqa: F811
     contract, frame = data.draw(mutation(frames))
-    fast = c._compile(CONTRACTS[contract])(frame.copy())
+    try:
+        fast = c._compile(CONTRACTS[contract])(frame.copy())
+    except Exception:  # noqa: BLE001 - `validate` treats a raising fast path as "not passed"
+        fast = False
     if fast:
         assert pandera_passes(frame, contract), f"fast path passed a frame Pandera refuses ({contract})"
     if not pandera_passes(frame, contract):
