@@ -1,5 +1,5 @@
-"""Builders for tests that trade through the real ccxt client against the Binance
-emulator on 127.0.0.1 (ETH/BTC, the first 200 real 5-minute candles of data/sample)."""
+"""Builders for tests that trade through the real ccxt client against the emulator
+(Binance by default, or Bybit) on 127.0.0.1 (ETH/BTC, the first 200 real 5-minute candles of data/sample)."""
 
 from __future__ import annotations
 
@@ -23,17 +23,23 @@ def canary() -> str:
     return "CANARY" + secrets.token_hex(16)
 
 
-def start_emulator(secret: str, **overrides) -> EmulatorHandle:
+COMMISSION = {"binance": "quote", "bybit": "received"}  # how each venue charges spot fees
+
+
+def start_emulator(secret: str, venue: str = "binance", **overrides) -> EmulatorHandle:
+    """The emulator speaking ``venue``'s dialect (binance or bybit)."""
     settings = {"api_key": API_KEY, "secret": secret, "bars": {SYMBOL: pd.read_csv(SAMPLE).head(200)},
-                "balances": BALANCES, "specs": [SPEC]}
+                "balances": BALANCES, "specs": [SPEC], "commission": COMMISSION[venue]}
     settings.update(overrides)
-    return serve("binance", **settings)
+    handle = serve(venue, **settings)
+    handle.venue = venue
+    return handle
 
 
 def use_emulator(monkeypatch, handle: EmulatorHandle, secret: str) -> None:
     """Configure ``live_execution`` for the emulator through the environment."""
     monkeypatch.setenv("TRADPAL_BROKER", "ccxt")
-    monkeypatch.setenv("TRADPAL_EXCHANGE", "binance")
+    monkeypatch.setenv("TRADPAL_EXCHANGE", getattr(handle, "venue", "binance"))
     monkeypatch.setenv("TRADPAL_EXCHANGE_URL", handle.base_url)
     monkeypatch.setenv("TRADPAL_API_KEY", API_KEY)
     monkeypatch.setenv("TRADPAL_API_SECRET", secret)

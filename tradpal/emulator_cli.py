@@ -11,11 +11,12 @@ import threading
 from tradpal.errors import InputError
 
 SECRET_ENV = "TRADPAL_EMULATOR_SECRET"
+DIALECTS = ("binance", "bybit")
 
 
 def add_parser(sub) -> None:
     e = sub.add_parser("exchange-emulator", help="run the exchange emulator on 127.0.0.1 until Ctrl-C")
-    e.add_argument("--venue", default="binance", help="venue dialect (binance)")
+    e.add_argument("--venue", default="binance", help="venue dialect: binance (spot) or bybit (v5 spot)")
     e.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: a free one; default 8765)")
     e.add_argument("--api-key", required=True, help="the API key the emulator accepts")
     e.add_argument("--secret", help=f"the API secret it accepts (default: ${SECRET_ENV})")
@@ -43,8 +44,8 @@ def _options(args: argparse.Namespace) -> dict:
         raise InputError(f"--secret: required (or set {SECRET_ENV})")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port {args.port}: expected 0..65535")
-    if args.venue != "binance":
-        raise InputError(f"--venue {args.venue!r}: the emulator speaks only binance so far")
+    if args.venue not in DIALECTS:
+        raise InputError(f"--venue {args.venue!r}: the emulator speaks {' and '.join(DIALECTS)}")
     bars = {symbol.upper(): load_ohlcv(path) for symbol, path in _pairs(args.ohlcv, "--ohlcv")}
     for symbol in bars:
         if "/" not in symbol:
@@ -56,7 +57,8 @@ def _options(args: argparse.Namespace) -> dict:
         except ValueError:
             raise InputError(f"--balance {asset}={amount}: not a number") from None
     return {"venue": args.venue, "port": args.port, "api_key": args.api_key, "secret": secret,
-            "bars": bars, "balances": balances}
+            "bars": bars, "balances": balances,
+            "commission": "received" if args.venue == "bybit" else "quote"}  # as each venue charges spot fees
 
 
 def cmd_exchange_emulator(args: argparse.Namespace, stop: threading.Event | None = None) -> int:

@@ -374,6 +374,7 @@ class CcxtBroker(BaseBroker):
             log.warning("%s: %s is already at the venue as %s; not placed again",
                         self.name, order.client_order_id, existing.order_id)
             return existing
+        raw = await self._complete(raw, order.symbol)
         result = await self._result(raw, order.symbol, order)
         log.info("%s: placed %s -> %s %s", self.name, describe(order), result.order_id, result.status.value)
         return result
@@ -394,27 +395,40 @@ class CcxtBroker(BaseBroker):
                     broker_message=exc.broker_message,
                 ) from exc
             raise
+        raw = await self._complete(raw, symbol)
         result = await self._result(raw, symbol)
         log.info("%s: canceled order %s (%s) on %s", self.name, order_id, result.client_order_id, symbol)
         return result
 
     async def get_order_status(self, order_id: str, symbol: str) -> OrderResult:
         """The order now, with its fills."""
+        return await self._result(await self._fetch_order(order_id, symbol), symbol)
+
+    async def _fetch_order(self, order_id: str, symbol: str) -> Mapping[str, Any]:
         with self._guard(f"fetch order {order_id} on {symbol}"):
-            raw = await self.exchange.fetch_order(order_id, symbol)
-        return await self._result(raw, symbol)
+            return await self.exchange.fetch_order(order_id, symbol)
+
+    async def _complete(self, raw: Mapping[str, Any], symbol: str) -> Mapping[str, Any]:
+        """``raw``, or the order fetched again where the venue's answer is only an
+        acknowledgement (profile ``acks_only``: Bybit answers create and cancel with ids)."""
+        if not self.profile.acks_only:
+            return raw
+        return await self._fetch_order(str(raw["id"]), symbol)
 
     async def get_order_by_client_id(self, client_order_id: str, symbol: str) -> OrderResult | None:
         """The order bearing ``client_order_id`` on ``symbol``, or None if the venue has
         never seen it."""
+        lookup = {self.profile.lookup_param: client_order_id}
         try:
             with self._guard(f"look up order {client_order_id} on {symbol}"):
-                raw = await self.exchange.fetch_order(
-                    None, symbol, {self.profile.lookup_param: client_order_id}
-                )
+                if self.profile.lookup_in_open_orders:  # the venue finds any recent order this way
+                    found = await self.exchange.fetch_open_orders(symbol, None, None, lookup)
+                    raw = found[0] if found else None
+                else:
+                    raw = await self.exchange.fetch_order(None, symbol, lookup)
         except OrderNotFoundError:
             return None
-        return await self._result(raw, symbol)
+        return None if raw is None else await self._result(raw, symbol)
 
     # ------------------------------------------------------------------ capabilities (not in BaseBroker)
 
@@ -495,6 +509,8 @@ class CcxtBroker(BaseBroker):
         status = STATUSES.get(str(raw.get("status")), None)
         if status is None:
             status = OrderStatus.PARTIALLY_FILLED if filled > 0 else OrderStatus.NEW
+        elif status is OrderStatus.FILLED and filled < float(raw.get("amount") or 0.0) * (1 - 1e-9):
+            status = OrderStatus.CANCELED  # ccxt says "closed" for the rest canceled (Bybit PartiallyFilledCanceled)
         fills = await self._fills(raw, symbol, str(client_id or ""), filled) if filled > 0 else ()
         fees = sum(f.fee for f in fills)
         fee_currency = fills[0].fee_currency if fills else None

@@ -44,6 +44,8 @@ class VenueProfile:
     request_burst: int = 20
     reduce_only_param: str | None = None  # derivatives: create_order param for reduce-only
     max_leverage: int | None = None  # derivatives: the highest leverage the adapter sets
+    acks_only: bool = False  # create / cancel answer with ids only: fetch the order after
+    lookup_in_open_orders: bool = False  # find by client id with fetch_open_orders, not fetch_order
 
     def __post_init__(self) -> None:
         if not self.lookup_param:
@@ -129,11 +131,20 @@ KRAKEN = _spot(
 
 BYBIT = _spot(
     "bybit",
+    # v5 on a unified trading account (ccxt would ask /v5/user/query-api and
+    # /v5/account/info otherwise); spot markets only; no currencies (a signed asset call)
+    options={"fetchMarkets": {"types": ["spot"]}, "enableUnifiedAccount": True, "enableUnifiedMargin": False,
+             "fetchOrder": {"acknowledged": True}},
+    exchange_config=MappingProxyType({"has": {"fetchCurrencies": False}}),
     client_order_id_param="orderLinkId",
     client_order_id_pattern=r"[A-Za-z0-9_-]{1,36}",
     duplicate_markers=("OrderLinkedID is duplicate", "orderLinkId is duplicate"),
-    notes="fetch_order only sees recent orders on the unified account; use fetch_open_order / "
-    "fetch_closed_order for older ones.",
+    acks_only=True,
+    lookup_in_open_orders=True,
+    verified=True,
+    notes="Unified trading account assumed. /v5/order/realtime (fetch_order, and fetch_open_orders "
+    "given an orderLinkId) sees open and recent orders only. Spot fees are charged in the asset "
+    "received.",
 )
 
 KUCOIN = _spot(

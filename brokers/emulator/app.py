@@ -37,7 +37,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from brokers.base.types import Side
-from brokers.emulator.dialect import Dialect, fmt, public_params
+from brokers.emulator.dialect import Dialect, fmt
 from brokers.emulator.engine import (
     EmOrder,
     Engine,
@@ -283,8 +283,7 @@ class BinanceDialect(Dialect):
             ("/api/v3/allOrders", "GET", self.all_orders),
             ("/api/v3/myTrades", "GET", self.my_trades),
         ]
-        return ([Route(p, self.endpoint(public_params, h), methods=[m]) for p, m, h in public]
-                + [Route(p, self.endpoint(self.signed_params, h), methods=[m]) for p, m, h in signed])
+        return self.route_table(public, signed)
 
     def error_response(self, exc: VenueError) -> Response:
         return error(exc.status, exc.code, exc.msg)
@@ -499,9 +498,14 @@ BINANCE_FAULTS = FaultAnswers(
 
 
 def create_app(engine: Engine, *, api_key: str, secret: str, venue: str = "binance") -> ASGIApp:
-    """The emulator's ASGI app for ``venue`` (only ``binance`` is spoken so far)."""
-    if venue != "binance":
-        raise ValueError(f"the emulator speaks only the binance dialect so far, not {venue!r}")
-    dialect = BinanceDialect(engine, api_key, secret)
-    app = Starlette(routes=dialect.routes())
-    return FaultMiddleware(app, engine, BINANCE_FAULTS)
+    """The emulator's ASGI app speaking ``venue``'s dialect: ``binance`` (spot, ``/api/v3``)
+    or ``bybit`` (v5 spot, unified account: ``brokers.emulator.bybit``)."""
+    from brokers.emulator.bybit import BYBIT_FAULTS, BybitDialect
+
+    dialects: dict[str, tuple[type[Dialect], FaultAnswers]] = {
+        "binance": (BinanceDialect, BINANCE_FAULTS), "bybit": (BybitDialect, BYBIT_FAULTS)}
+    if venue not in dialects:
+        raise ValueError(f"the emulator speaks {' and '.join(dialects)}, not {venue!r}")
+    dialect, faults = dialects[venue]
+    app = Starlette(routes=dialect(engine, api_key, secret).routes())
+    return FaultMiddleware(app, engine, faults)

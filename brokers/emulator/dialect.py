@@ -63,6 +63,17 @@ class Dialect:
         ]
         return self.api_routes() + [Route(p, self.endpoint(public_params, h), methods=[m]) for p, m, h in admin]
 
+    async def signed_params(self, request: Request) -> dict[str, Any]:
+        """Check the request's key, signature and timestamp; its parameters."""
+        raise NotImplementedError
+
+    def route_table(self, public: list[tuple[str, str, Any]], signed: list[tuple[str, str, Any]],
+                    wrap: Callable[[Any], Any] = lambda handler: handler) -> list[Route]:
+        """Routes of ``(path, method, handler)``: public ones read ``public_params``,
+        signed ones ``signed_params``; each handler's result passed through ``wrap``."""
+        return ([Route(p, self.endpoint(public_params, wrap(h)), methods=[m]) for p, m, h in public]
+                + [Route(p, self.endpoint(self.signed_params, wrap(h)), methods=[m]) for p, m, h in signed])
+
     def symbol(self, venue_id: str | None) -> str:
         """The unified symbol of the venue's market id (``ETHBTC`` -> ``ETH/BTC``)."""
         if not venue_id:

@@ -1,5 +1,6 @@
-"""`live_execution` with TRADPAL_BROKER=ccxt: the real ccxt client against the Binance
-emulator over HTTP, on a real Prefect API. The ledger must agree with the venue."""
+"""`live_execution` with TRADPAL_BROKER=ccxt: the real ccxt client against the emulator
+(Binance; the first test also Bybit) over HTTP, on a real Prefect API. The ledger must
+agree with the venue."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from brokers.base import BrokerError
 from brokers.ccxt import CcxtBroker
 from flows.live_execution import live_execution
+from tasks.positions import BookMismatch
 from tests.emulated_venue import SYMBOL, canary, start_emulator, use_emulator
 from tradpal.ledger import TABLES, Ledger
 
@@ -49,15 +51,34 @@ def assert_ledger_matches_venue(ledger: Ledger, engine) -> None:
     assert fills["price"].tolist() == pytest.approx([float(t.price) for t in engine.trades], rel=1e-12)
 
 
-def test_live_run_fills_on_the_emulator_and_the_ledger_agrees(prefect_api, venue, tmp_path):
-    handle, _ = venue
+FEES_IN_THE_ASSET_RECEIVED = pytest.mark.xfail(strict=True, raises=BookMismatch, reason=(
+    "step 7 (tasks/positions.py) books every fee in the quote currency; Bybit charges a spot buy's fee in "
+    "the asset bought (as real Binance does unless BNB pays), so the book and the venue differ by the fee "
+    "(BookMismatch). The execution reports carry no fee currency yet."))
+
+
+@pytest.fixture
+def each_venue(request, monkeypatch):
+    secret = canary()
+    handle = start_emulator(secret, request.param)
+    use_emulator(monkeypatch, handle, secret)
+    yield handle, request.param
+    handle.stop()
+
+
+@pytest.mark.parametrize(("each_venue", "side"), [
+    ("binance", "buy"), ("bybit", "sell"),  # a Bybit sell pays its fee in BTC, the quote
+    pytest.param("bybit", "buy", marks=FEES_IN_THE_ASSET_RECEIVED),
+], indirect=["each_venue"])
+def test_live_run_fills_on_the_emulator_and_the_ledger_agrees(prefect_api, each_venue, side, tmp_path):
+    handle, dialect = each_venue
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
-    summary = run([signal("emu-1")], db)
+    summary = run([{**signal("emu-1"), "side": side}], db)
     assert summary["n_fills"] == 1 and summary["rejected"] == 0
     ledger = Ledger(db)
     assert len(handle.engine.orders) == 1
     assert_ledger_matches_venue(ledger, handle.engine)
-    assert ledger.frame("orders")["venue"].iloc[0] == f"binance@127.0.0.1:{handle.port}"
+    assert ledger.frame("orders")["venue"].iloc[0] == f"{dialect}@127.0.0.1:{handle.port}"
     audit = ledger.frame("audit_log", run_id=summary["run_id"])
     assert "reconcile.completed" in set(audit["event"])
 

@@ -1,4 +1,4 @@
-"""Reconciliation against the Binance emulator (real ccxt over HTTP): fills made while
+"""Reconciliation against the emulator, in both its dialects (real ccxt over HTTP): fills made while
 the process was down are recorded, unsent orders rejected, our stray orders adopted."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from tradpal.config import Settings
 from tradpal.ledger import Ledger, Provenance
 
 
-@pytest.fixture
-def setup(monkeypatch, tmp_path):
+@pytest.fixture(params=["binance", "bybit"])
+def setup(request, monkeypatch, tmp_path):
     secret = canary()
-    handle = start_emulator(secret)
+    handle = start_emulator(secret, request.param)
     use_emulator(monkeypatch, handle, secret)
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     yield handle, ledger, make_broker(Settings(), quote="BTC")

@@ -34,16 +34,29 @@ def bars() -> pd.DataFrame:
     return pd.read_csv(SAMPLE).head(200)
 
 
+# the dialects every adapter test runs against; how each venue charges spot fees
+VENUES = ("binance", "bybit")
+COMMISSION = {"binance": "quote", "bybit": "received"}
+
+
+@pytest.fixture(params=VENUES)
+def venue(request: pytest.FixtureRequest) -> str:
+    """The emulated venue (a test pins one with ``@pytest.mark.parametrize("venue", [...])``)."""
+    return request.param
+
+
 @pytest.fixture
-def start_emulator(bars: pd.DataFrame) -> Iterator[Callable[..., EmulatorHandle]]:
-    """Start an emulator (keywords override the defaults); every one is stopped after the test."""
+def start_emulator(bars: pd.DataFrame, venue: str) -> Iterator[Callable[..., EmulatorHandle]]:
+    """Start an emulator of ``venue`` (keywords override the defaults); every one is
+    stopped after the test."""
     handles: list[EmulatorHandle] = []
 
     def start(**overrides: Any) -> EmulatorHandle:
         settings: dict[str, Any] = {"api_key": API_KEY, "secret": SECRET, "bars": {SYMBOL: bars},
-                                    "balances": BALANCES, "specs": [SPEC]}
+                                    "balances": BALANCES, "specs": [SPEC], "commission": COMMISSION[venue]}
         settings.update(overrides)
-        handle = serve("binance", **settings)
+        handle = serve(venue, **settings)
+        handle.venue = venue  # type: ignore[attr-defined]
         handles.append(handle)
         return handle
 
@@ -58,10 +71,11 @@ def emulator(start_emulator: Callable[..., EmulatorHandle]) -> EmulatorHandle:
 
 
 def make_broker(emulator: EmulatorHandle, **overrides: Any) -> CcxtBroker:
+    venue = getattr(emulator, "venue", "binance")
     settings: dict[str, Any] = {"api_key": API_KEY, "secret": SECRET, "base_url": emulator.base_url,
-                                "quote_currency": "BTC", "name": "binance-emulator"}
+                                "quote_currency": "BTC", "name": f"{venue}-emulator"}
     settings.update(overrides)
-    return CcxtBroker("binance", **settings)
+    return CcxtBroker(venue, **settings)
 
 
 @pytest.fixture

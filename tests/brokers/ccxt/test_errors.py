@@ -110,6 +110,7 @@ def _everything_said(exc: BaseException) -> str:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("venue", ["binance"])
 async def test_no_message_or_log_line_carries_the_secret_or_the_key(
     emulator: EmulatorHandle, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:

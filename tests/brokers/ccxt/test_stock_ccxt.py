@@ -1,4 +1,5 @@
-"""An unmodified ccxt binance client, configured as DESIGN.md says, trades on the emulator."""
+"""Unmodified ccxt clients, configured as DESIGN.md says, trade on the emulator: binance, and
+bybit (v5 spot, unified account) against the second dialect."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def stock_binance(base_url: str, api_key: str = API_KEY, secret: str = SECRET) -
     return exchange
 
 
+@pytest.mark.parametrize("venue", ["binance"])
 async def test_stock_client_trades_on_the_emulator(emulator: EmulatorHandle) -> None:
     exchange = stock_binance(emulator.base_url)
     try:
@@ -58,6 +60,7 @@ async def test_stock_client_trades_on_the_emulator(emulator: EmulatorHandle) -> 
         await exchange.close()
 
 
+@pytest.mark.parametrize("venue", ["binance"])
 @pytest.mark.parametrize(("api_key", "secret"), [(API_KEY, "wrong-secret"), ("wrong-key", SECRET)],
                          ids=["wrong-secret", "wrong-key"])
 async def test_wrong_credentials_raise_authentication_error(
@@ -81,3 +84,53 @@ def test_rebase_api_urls_keeps_paths() -> None:
     assert rebase_api_urls(api, "http://127.0.0.1:9") == {
         "public": "http://127.0.0.1:9/api/v3", "nested": {"x": "http://127.0.0.1:9/fapi/v1"},
         "template": "http://127.0.0.1:9/v5"}
+
+
+BYBIT_OPTIONS = {"defaultType": "spot", "fetchMarkets": {"types": ["spot"]}, "enableUnifiedAccount": True,
+                 "enableUnifiedMargin": False, "fetchOrder": {"acknowledged": True}}
+
+
+def stock_bybit(base_url: str, api_key: str = API_KEY, secret: str = SECRET) -> ccxt.bybit:
+    exchange = ccxt.bybit({"apiKey": api_key, "secret": secret, "options": BYBIT_OPTIONS,
+                           "has": {"fetchCurrencies": False}})
+    exchange.urls["api"] = rebase_api_urls(exchange.urls["api"], base_url)
+    return exchange
+
+
+@pytest.mark.parametrize("venue", ["bybit"])
+async def test_stock_bybit_client_trades_on_the_bybit_dialect(emulator: EmulatorHandle) -> None:
+    exchange = stock_bybit(emulator.base_url)
+    try:
+        markets = await exchange.load_markets()
+        assert list(markets) == [SYMBOL]
+        assert (markets[SYMBOL]["precision"]["amount"], markets[SYMBOL]["limits"]["cost"]["min"]) == (0.001, 0.001)
+        assert (await exchange.fetch_balance())["total"] == {"BTC": 10.0, "ETH": 5.0}
+        assert (await exchange.fetch_ticker(SYMBOL))["last"] == float(emulator.engine.price(SYMBOL))
+
+        bought = await exchange.create_order(SYMBOL, "market", "buy", 1.0, None, {"orderLinkId": "stock-1"})
+        assert bought["clientOrderId"] == "stock-1" and bought["status"] is None  # Bybit acknowledges only
+        fetched = await exchange.fetch_order(bought["id"], SYMBOL)
+        assert (fetched["status"], fetched["filled"], fetched["clientOrderId"]) == ("closed", 1.0, "stock-1")
+
+        resting = await exchange.create_order(SYMBOL, "limit", "buy", 2.0, 0.05, {"orderLinkId": "stock-2"})
+        by_link = await exchange.fetch_open_orders(SYMBOL, None, None, {"orderLinkId": "stock-1"})
+        assert [o["id"] for o in by_link] == [bought["id"]]  # any recent order, by its link id
+        assert [o["id"] for o in await exchange.fetch_open_orders(SYMBOL)] == [resting["id"]]
+        await exchange.cancel_order(resting["id"], SYMBOL)
+        assert (await exchange.fetch_order(resting["id"], SYMBOL))["status"] == "canceled"
+
+        [trade] = await exchange.fetch_my_trades(SYMBOL)
+        assert (trade["order"], trade["side"], trade["amount"]) == (bought["id"], "buy", 1.0)
+        with pytest.raises(ccxt.InsufficientFunds):
+            await exchange.create_order(SYMBOL, "market", "buy", 500.0, None, {"orderLinkId": "stock-3"})
+        with pytest.raises(ccxt.OrderNotFound):
+            await exchange.fetch_order("999", SYMBOL)
+    finally:
+        await exchange.close()
+    wrong = stock_bybit(emulator.base_url, secret="wrong-secret")
+    try:
+        await wrong.load_markets()  # public: works
+        with pytest.raises(ccxt.AuthenticationError):
+            await wrong.fetch_balance()
+    finally:
+        await wrong.close()
