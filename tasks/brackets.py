@@ -132,7 +132,7 @@ class BracketPass:
             self.brackets[entry] = replace(b, legs={**b.legs, r["leg"]: r["client_order_id"]})
             if r["client_order_id"] not in self.memory:
                 row = _leg_row(b, r["leg"], r["client_order_id"], r["broker_order_id"], r["quantity"],
-                               r["stop_price"] if r["leg"] == STOP_LEG else r["price"],
+                               r["price"] if r["leg"] == TARGET_LEG else r["stop_price"],
                                pd.Timestamp(r["placed_at"] or r["created_at"]))
                 filled = float(r["filled_quantity"] or 0.0)
                 self.memory[r["client_order_id"]] = OpenOrder(row, int(r["fills_seen"]), filled,
