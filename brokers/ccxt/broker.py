@@ -486,7 +486,9 @@ class CcxtBroker(BaseBroker):
         if not symbols:
             return {}
         with self._guard(f"fetch tickers {', '.join(symbols)}"):
-            if self.exchange.has.get("fetchTickers"):
+            # one symbol: its own ticker (Binance: weight 2, where the list endpoint costs 80,
+            # and ccxt's limiter then holds every account valuation for ~1 s)
+            if len(symbols) > 1 and self.exchange.has.get("fetchTickers"):
                 tickers = await self.exchange.fetch_tickers(list(symbols))
             else:
                 tickers = {s: await self.exchange.fetch_ticker(s) for s in symbols}
