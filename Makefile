@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): requirements/main.lock requirements/dev.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
-	@$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements/main.lock -r requirements/dev.lock
+	@$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -r requirements/main.lock -r requirements/dev.lock
 	@$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .
 	@touch $(STAMP)
 
