@@ -91,12 +91,12 @@ def orphan_signals(ledger: Ledger, namespace: str, run_id: str | None, before: d
     """Signal ids of ``namespace`` received before ``before`` by a run other than ``run_id``
     that have neither an order nor a rejection."""
     s, o, r = SignalRow.__table__, OrderRow.__table__, RejectionRow.__table__
-    stmt = (select(s.c.signal_id)
-            .where(s.c.namespace == namespace, s.c.received_at < before,
-                   or_(s.c.run_id.is_(None), s.c.run_id != run_id) if run_id else s.c.namespace == namespace,
-                   ~exists().where(o.c.signal_pk == s.c.id),
-                   ~exists().where(r.c.namespace == namespace, r.c.signal_id == s.c.signal_id))
-            .order_by(s.c.id))
+    where = [s.c.namespace == namespace, s.c.received_at < before,
+             ~exists().where(o.c.signal_pk == s.c.id),
+             ~exists().where(r.c.namespace == namespace, r.c.signal_id == s.c.signal_id)]
+    if run_id:
+        where.append(or_(s.c.run_id.is_(None), s.c.run_id != run_id))
+    stmt = select(s.c.signal_id).where(*where).order_by(s.c.id)
     with ledger.engine.connect() as conn:
         return [row[0] for row in conn.execute(stmt)]
 
