@@ -283,9 +283,8 @@ class BracketPass:
             if b.symbol not in ctx.market:
                 return None
             ts = ctx.market.timestamps(b.symbol)
-            now = ctx.clock.now().value
-            rows = (ts > b.watched_ns) & (ts <= now)
-            highs = ctx.market.bars[b.symbol]["high"].to_numpy("float64")[rows]
+            lo, hi = np.searchsorted(ts, [b.watched_ns, ctx.clock.now().value], side="right")  # bars in (watched, now]
+            highs = ctx.market.bars[b.symbol]["high"].to_numpy("float64")[lo:hi]
             return float(highs.max()) if len(highs) else None
         prices = getattr(ctx.broker, "get_last_prices", None)
         if prices is None:
