@@ -52,7 +52,7 @@ from brokers.base.errors import (
 )
 
 REDACTED = "***"
-_SIGNATURE = re.compile(r"(signature=)[0-9A-Za-z%+/=_-]+")
+_SIGNATURE = re.compile(r"(signature=|X-BAPI-SIGN['\"]?\s*[:=]\s*['\"]?)[0-9A-Za-z%+/=_-]+", re.IGNORECASE)
 _BANNED_UNTIL = re.compile(r"banned until (\d{12,14})", re.IGNORECASE)
 
 

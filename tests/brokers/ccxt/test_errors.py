@@ -103,16 +103,20 @@ def test_redact_blanks_credentials_and_signatures() -> None:
     clean = redact(text, (API_KEY, SECRET, None))
     assert API_KEY not in clean and SECRET not in clean and "ab12cd" not in clean
     assert clean.count("***") == 3
+    assert redact("{'X-BAPI-SIGN': 'a1b2c3', 'X-BAPI-API-KEY': 'k'}", ()) == "{'X-BAPI-SIGN': '***', 'X-BAPI-API-KEY': 'k'}"
 
 
 def _everything_said(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc)) + repr(exc) + getattr(exc, "broker_message", "")
 
 
+PLACE = {"binance": "POST /api/v3/order", "bybit": "POST /v5/order/create"}
+KEY_HEADER = {"binance": "X-MBX-APIKEY", "bybit": "X-BAPI-API-KEY"}
+
+
 @pytest.mark.anyio
-@pytest.mark.parametrize("venue", ["binance"])
 async def test_no_message_or_log_line_carries_the_secret_or_the_key(
-    emulator: EmulatorHandle, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    emulator: EmulatorHandle, venue: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     caplog.set_level(logging.DEBUG)
     said: list[str] = []
@@ -135,7 +139,7 @@ async def test_no_message_or_log_line_carries_the_secret_or_the_key(
         emulator.engine.faults.update(rate_limit_next=1)
         await expect_failure(lambda: broker.get_order_status("1", SYMBOL))
         await expect_failure(lambda: broker.cancel_order("999999", SYMBOL))
-        emulator.engine.faults.update(drop_mid_response_next=1, fault_on="POST /api/v3/order")
+        emulator.engine.faults.update(drop_mid_response_next=1, fault_on=PLACE[venue])
         await expect_failure(lambda: broker.place_order(market(1.0, "tp-canary-3")))
         emulator.engine.faults.update(ban_s=30)
         await expect_failure(lambda: broker.get_account_info())
@@ -153,4 +157,4 @@ async def test_no_message_or_log_line_carries_the_secret_or_the_key(
     for credential in (SECRET, SECRET[::-1], API_KEY):
         assert credential not in everything
     wire = [r.getMessage() for r in caplog.records if r.name == "brokers.ccxt.wire"]
-    assert wire and any("X-MBX-APIKEY" in line and "***" in line for line in wire)
+    assert wire and any(KEY_HEADER[venue] in line and "***" in line for line in wire)
