@@ -46,28 +46,28 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def serial(markets: list[dict], base: dict, tmp: Path) -> float:
+def serial(markets: list[dict], base: dict, tmp: Path) -> tuple[float, float]:
     from tradpal.ledger import Ledger
     from tradpal.sweep import Market, plan_sweep, run_case
 
     url = f"sqlite:///{tmp / 'serial.db'}"
     Ledger(url).close()
     plan = plan_sweep([Market(**m) for m in markets], None, base, str(tmp / "out-serial"))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for case in plan:
         asyncio.run(run_case(case, url))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - cpu0
 
 
-def sweep(markets: list[dict], base: dict, tmp: Path, tag: str, **where) -> tuple[float, float]:
-    """Wall seconds of the sweep, and the sum of its cases' own seconds (inside the workers)."""
+def sweep(markets: list[dict], base: dict, tmp: Path, tag: str, **where) -> tuple[float, float, float]:
+    """Wall seconds of the sweep, and the sums of its cases' own wall and CPU seconds (in the workers)."""
     from flows.replay_sweep import run_sweep
 
     t0 = time.perf_counter()
     result = run_sweep(markets, None, base, str(tmp / f"out-{tag}"), f"sqlite:///{tmp / f'{tag}.db'}", **where)
     seconds = time.perf_counter() - t0
     assert result["failed"] == [] and all(r["n_fills"] > 0 for r in result["table"]), result
-    return seconds, sum(r["seconds"] for r in result["table"])
+    return seconds, sum(r["seconds"] for r in result["table"]), sum(r["cpu_seconds"] for r in result["table"])
 
 
 def warm_cluster(n: int, tmp: Path):
@@ -104,23 +104,25 @@ def main(n_symbols: int = 8, n_bars: int = 250_000, n_signals: int = 1_250) -> N
 def _measure(markets: list[dict], tag: str, tmp: Path) -> None:
     base = {"cash": 1_000_000.0, "fee_rate": 0.001, "slippage_bps": 1.0}
     before = load()
-    emit(f"{tag}_serial_direct_wall", serial(markets, base, tmp), "s", None, load_before=before,
-         load_after=load())
+    wall, cpu = serial(markets, base, tmp)
+    emit(f"{tag}_serial_direct_wall", wall, "s", None, load_before=before, load_after=load(), cpu_s=round(cpu, 2))
     results: dict[str, float] = {}
     for mode in ("warm", "cold"):
         for n in WORKERS:
             before = load()
             if mode == "cold":
-                seconds, in_cases = sweep(markets, base, tmp, f"{mode}{n}", workers=n)
+                seconds, in_cases, cpu = sweep(markets, base, tmp, f"{mode}{n}", workers=n)
             else:
                 cluster = warm_cluster(n, tmp)
                 try:
-                    seconds, in_cases = sweep(markets, base, tmp, f"{mode}{n}", address=cluster.scheduler_address)
+                    seconds, in_cases, cpu = sweep(markets, base, tmp, f"{mode}{n}",
+                                                   address=cluster.scheduler_address)
                 finally:
                     cluster.close()
             results[f"{mode}{n}"] = seconds
             emit(f"{tag}_{mode}_{n}_worker{'s' if n > 1 else ''}_wall", seconds, "s", None,
-                 load_before=before, load_after=load(), replay_seconds_summed_over_cases=round(in_cases, 2))
+                 load_before=before, load_after=load(), case_wall_s_summed=round(in_cases, 2),
+                 case_cpu_s_summed=round(cpu, 2))
     for mode in ("warm", "cold"):
         emit(f"{tag}_{mode}_speedup_2_vs_1", results[f"{mode}1"] / results[f"{mode}2"], "x", "report")
 

@@ -153,7 +153,7 @@ async def run_case(case: SweepCase, database_url: str) -> dict:
 
     ledger = Ledger(database_url, migrate=False)
     try:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         inputs = load_inputs(case.params)
         result = await run_replay(case.params, inputs, ledger)
         summary = result.summary
@@ -161,14 +161,17 @@ async def run_case(case: SweepCase, database_url: str) -> dict:
             paths = write_outputs(case.params.out, result.reports, summary, result.equity)
             summary = {**summary, "outputs": [str(p) for p in paths]}
         ledger.finish_run(summary["run_id"], "completed", summary)
-        return case_row(case, summary, time.perf_counter() - t0)
+        return case_row(case, summary, time.perf_counter() - t0, time.process_time() - cpu0)
     finally:
         ledger.close()
 
 
-def case_row(case: SweepCase, summary: dict, seconds: float) -> dict:
+def case_row(case: SweepCase, summary: dict, seconds: float, cpu_seconds: float) -> dict:
+    """The case's line of the table: its grid values, the replay's figures, wall and CPU
+    seconds (of the process running it), and where it ran."""
     return {"case": case.case_id, "symbol": case.symbol, **dict(case.overrides),
-            **{k: summary[k] for k in FIGURES}, "seconds": round(seconds, 3), "run_id": summary["run_id"],
+            **{k: summary[k] for k in FIGURES}, "seconds": round(seconds, 3),
+            "cpu_seconds": round(cpu_seconds, 3), "run_id": summary["run_id"],
             "out": case.params.out, "pid": os.getpid()}
 
 
