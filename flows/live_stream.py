@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from brokers.base.clock import WallClock
@@ -34,6 +34,8 @@ from tradpal.config import load_settings
 from tradpal.intake_server import start_intake
 from tradpal.ledger import Ledger
 from tradpal.streaming import SignalQueue, run_stream
+
+ARTIFACT_ROWS = 1000  # a long stream's tables show their last rows; the ledger has all
 
 
 @contextlib.contextmanager
@@ -130,5 +132,17 @@ async def live_stream(symbols: list[str], host: str = "127.0.0.1", port: int = 8
                "final_cash": ctx.book.cash, "ok": True}
     await create_markdown_artifact(key="live-stream-summary", markdown="\n".join(
         ["# Live stream", "", *(f"- {k}: {v}" for k, v in summary.items() if k != "ok")]))
+    if len(reports):
+        shown = reports.tail(ARTIFACT_ROWS)
+        await create_table_artifact(key="live-stream-executions", description=(
+            f"the last {len(shown)} of {len(reports)} execution reports"), table=[
+            {"signal_id": r.signal_id, "symbol": r.symbol, "side": r.side, "type": r.exec_type, "quantity": r.quantity,
+             "price": r.price, "fee": r.fee, "slippage_bps": r.slippage_bps} for r in shown.itertuples()])
+    refused = ledger.frame("rejections", run_id=run_id)
+    if len(refused):
+        counts = refused.groupby(["step", "reason"]).size().reset_index(name="signals")
+        await create_table_artifact(key="live-stream-risk-checks", description="signals refused, by step and reason",
+                                    table=counts.sort_values("signals", ascending=False).head(ARTIFACT_ROWS)
+                                    .to_dict("records"))
     ledger.finish_run(run_id, "completed", summary)
     return summary

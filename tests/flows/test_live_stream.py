@@ -66,6 +66,17 @@ def test_signals_over_http_through_one_long_lived_flow_run(prefect_api, prefect_
         tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])))
         return fr, tasks
 
+    async def artifacts(client):
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        return await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+    by_key = {a.key: a for a in prefect_client(artifacts)}
+    assert {"live-stream-summary", "live-stream-executions", "live-stream-risk-checks"} <= set(by_key)
+    assert "st-big" not in str(by_key["live-stream-executions"].data)
+    assert "insufficient funds" in str(by_key["live-stream-risk-checks"].data)
+
     fr, tasks = prefect_client(states)
     assert fr.state.is_completed()
     names = {t.name for t in tasks}
