@@ -139,9 +139,20 @@ def emit_signal(signal: dict[str, Any]) -> str:
 def flush_events(timeout: float = 10.0) -> None:
     """Wait until the events emitted by this process have been sent (a short-lived
     process calls this before exiting)."""
+    import asyncio
+    import threading
+
     from prefect.events.worker import EventsWorker
 
-    EventsWorker.drain_all(timeout=timeout)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop: drain here
+        EventsWorker.drain_all(timeout=timeout)
+        return
+    # inside a running loop drain_all would return a coroutine: drain from a thread instead
+    drainer = threading.Thread(target=EventsWorker.drain_all, kwargs={"timeout": timeout}, daemon=True)
+    drainer.start()
+    drainer.join(timeout)
 
 
 def submit_signal(symbol: str, side: str, quantity: float, strategy: str | None = None, price: float | None = None,

@@ -55,3 +55,31 @@ def test_cli_refuses_a_bad_signal_with_exit_2(capsys):
     assert main(["signal", "submit", "--symbol", "BTC/USDT", "--side", "hold", "--quantity", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "tradpal: error: signal, field 'side': unknown side 'hold' (expected buy or sell)"
+
+
+def test_submitted_signals_reach_the_prefect_api_as_events(prefect_api):
+    """From plain code and from inside a running event loop (a model process using asyncio)."""
+    import asyncio
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    sync_id = submit_signal("BTC/USDT", "buy", 0.01, strategy="s", price=100.0, signal_id="ev-sync")
+
+    async def from_a_loop() -> str:
+        return submit_signal("ETH/BTC", "sell", 1, signal_id="ev-async")
+
+    async_id = asyncio.run(from_a_loop())
+
+    async def received() -> dict:
+        async with get_client() as client:
+            r = await client.request("POST", "/events/filter",
+                                     json={"filter": {"event": {"name": ["tradpal.signal.received"]}}})
+            return {e["resource"]["prefect.resource.id"]: e["payload"] for e in r.json()["events"]}
+
+    deadline, got = time.monotonic() + 30, {}
+    while time.monotonic() < deadline and len(got) < 2:
+        got = asyncio.run(received())
+        time.sleep(0.5)
+    assert set(got) == {f"tradpal.signal.{sync_id}", f"tradpal.signal.{async_id}"}
+    assert got["tradpal.signal.ev-sync"]["reference_price"] == 100.0 and got["tradpal.signal.ev-sync"]["strategy"] == "s"
