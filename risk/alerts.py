@@ -106,6 +106,30 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
+class _ScrubUrls(logging.Filter):
+    """Apprise (and urllib3 under it) log the URL they post to, at DEBUG: every record of
+    those loggers is scrubbed of the URLs any `Alerter` holds before a handler sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.urls:
+            message = record.getMessage()
+            clean = message
+            for url in self.urls:
+                clean = scrub(clean, url)
+            if clean != message:
+                record.msg, record.args = clean, None
+        return True
+
+
+_SCRUB = _ScrubUrls()
+for _name in ("apprise", "urllib3.connectionpool", "requests"):  # the ones that log a request's URL
+    logging.getLogger(_name).addFilter(_SCRUB)
+
+
 @dataclass
 class Alerter:
     """Sends alerts to every URL; the same ``key`` is not repeated within ``throttle_s``."""
@@ -117,6 +141,7 @@ class Alerter:
 
     def __post_init__(self) -> None:
         self.urls = list(self.urls)
+        _SCRUB.urls.update(self.urls)
 
     def notify(self, key: str, title: str, body: str, *, level: str = "warning") -> Alert:
         if level not in LEVELS:

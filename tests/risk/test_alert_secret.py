@@ -79,7 +79,8 @@ def test_a_canary_url_from_a_block_appears_nowhere_but_at_the_receiver(prefect_a
     risk.write_text(PORTFOLIO + "breakers:\n  volatility: {lookback: 10, z_threshold: 5, cooldown_minutes: 10}\n"
                     "alerts: {secret_block: tp-alert-canary, throttle_s: 0}\n")
     db = tmp_path / "ledger.db"
-    caplog.set_level(logging.DEBUG)
+    for name in (None, "apprise", "urllib3", "prefect"):  # everything, at its most talkative
+        caplog.set_level(logging.DEBUG, logger=name)
     summary = asyncio.run(paper_replay(ohlcv=str(bars), signals=str(sigs), symbol="BTC/USDT", cash=10_000.0,
                                        fee_rate=0.0, out=str(tmp_path / "out"), database_url=f"sqlite:///{db}",
                                        risk_config=str(risk), quality_gate=False))
@@ -104,3 +105,14 @@ def test_a_canary_url_from_a_block_appears_nowhere_but_at_the_receiver(prefect_a
         logs = prefect_client(lambda c: c.read_logs(log_filter=LogFilter(
             flow_run_id=LogFilterFlowRunId(any_=[summary["flow_run_id"]]))))
     assert logs and not any(CANARY in entry.message for entry in logs)
+
+
+def test_apprise_debug_logs_never_show_the_url(receiver, caplog) -> None:
+    url, received = receiver
+    for name in (None, "apprise", "urllib3"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    secret_url = f"{url}/{CANARY}"
+    assert Alerter([secret_url]).notify("k", "t", "b").delivered
+    assert received[-1]["path"] == f"/alerts/{CANARY}"
+    assert any(r.name == "apprise" for r in caplog.records)  # Apprise did log the post
+    assert CANARY not in caplog.text
