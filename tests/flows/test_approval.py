@@ -167,8 +167,13 @@ def test_refused_order_is_rejected_with_the_reason(prefect_api, prefect_client, 
 
 def test_unanswered_order_is_cancelled_after_the_timeout(prefect_api, prefect_client, tmp_path, approval_env,
                                                         monkeypatch):
+    """Configured in the risk YAML this time (TRADPAL_RISK_CONFIG), which wins over the settings."""
     received = approval_env
-    monkeypatch.setenv("TRADPAL_APPROVAL_TIMEOUT_S", "2")
+    risk = tmp_path / "risk.yaml"
+    risk.write_text("portfolio: {max_drawdown: 1, max_daily_loss: 1, max_gross_exposure: 10}\n"
+                    "approval: {notional_above: 1000, timeout_s: 2}\n")
+    monkeypatch.setenv("TRADPAL_RISK_CONFIG", str(risk))
+    monkeypatch.setenv("TRADPAL_APPROVAL_NOTIONAL", "999999")
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
     t0 = time.monotonic()
     run = LiveRun(db)
@@ -183,5 +188,6 @@ def test_unanswered_order_is_cancelled_after_the_timeout(prefect_api, prefect_cl
     assert rej.loc["big", "reason"].startswith("approval timed out: no answer within 2 s")
     row = decision_row(ledger, summary["run_id"], "order.approval_timeout")
     assert row["payload"]["decided_by"] is None and row["payload"]["decided_at"]
+    assert any(c.startswith("risk limits: drawdown <= 100%") for c in row["payload"]["checks"])
     assert received[-1]["json"]["title"].startswith("TradPal order timed out")
     assert prefect_client(lambda c: c.read_flow_run(flow_run_id)).state.is_completed()
