@@ -26,9 +26,10 @@ def test_bad_values_are_one_line_exit_2(argv, message, capsys, monkeypatch):
     assert message in err and err.count("\n") == 1
 
 
-def test_serves_until_stopped(capsys, monkeypatch):
+@pytest.mark.parametrize(("venue", "probe"), [("binance", "/api/v3/ping"), ("bybit", "/v5/market/time")])
+def test_serves_until_stopped(capsys, monkeypatch, venue, probe):
     monkeypatch.setenv("TRADPAL_EMULATOR_SECRET", "env-secret")
-    args = build_parser().parse_args(["exchange-emulator", "--api-key", "k", "--port", "0",
+    args = build_parser().parse_args(["exchange-emulator", "--api-key", "k", "--port", "0", "--venue", venue,
                                       "--ohlcv", f"ETH/BTC={SAMPLE}", "--balance", "BTC=1"])
     stop = threading.Event()
     done: list[int] = []
@@ -41,7 +42,7 @@ def test_serves_until_stopped(capsys, monkeypatch):
                 break
             threading.Event().wait(0.05)
         url = out.split(" at ")[1].split()[0]
-        with urllib.request.urlopen(f"{url}/api/v3/ping", timeout=5) as answer:
+        with urllib.request.urlopen(f"{url}{probe}", timeout=5) as answer:
             assert answer.status == 200
     finally:
         stop.set()
