@@ -176,6 +176,8 @@ class BracketPass:
             return
         assert b.levels is not None and b.rule is not None and entry.executed_price is not None
         avg, qty = float(entry.executed_price), float(entry.executed_quantity)
+        if entry.fee_currency and entry.fee_currency == b.symbol.split("/")[0]:
+            qty -= float(entry.fees or 0.0)  # a fee taken in the base asset: the legs sell what was received
         stop, target = b.levels(avg)
         prices = {STOP_LEG: stop, TARGET_LEG: target}
         placed: dict[int, OrderResult] = {}

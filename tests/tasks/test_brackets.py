@@ -287,3 +287,27 @@ def test_an_emulated_leg_the_venue_refuses_is_alerted_and_the_run_goes_on(receiv
     assert STOP not in got and got[TARGET] == [("FILL", 2.0, pytest.approx(110.0), t(2))]
     [alert] = [m["json"] for m in received]
     assert "the stop leg was refused by the venue: InvalidOrderError: MIN_NOTIONAL" in alert["message"]
+
+
+def test_emulated_legs_sell_what_the_entry_received_net_of_a_base_asset_fee() -> None:
+    from dataclasses import replace as dc_replace
+
+    class BaseAssetFees:  # a venue that takes the buy's fee in the asset bought (0.1 %)
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        async def get_order_by_client_id(self, coid, symbol):
+            result = await self.inner.get_order_by_client_id(coid, symbol)
+            if result is not None and coid == client_order_id("s1"):
+                result = dc_replace(result, fees=0.002, fee_currency="BTC")
+            return result
+
+    ctx = build_context(market={SYM: bars([ENTRY, (100, 101, 99, 100)])}, config=CONFIG, native_brackets=False,
+                        broker=BaseAssetFees)
+    ctx.monitor_until = t(2)
+    run_through(raw_signals({"quantity": 2.0}), ctx, "analysis")
+    assert {c: oo.row["quantity"] for c, oo in ctx.open_orders.items()} == {STOP: pytest.approx(1.998),
+                                                                           TARGET: pytest.approx(1.998)}
