@@ -20,24 +20,29 @@ class BookMismatch(RuntimeError):
 def apply_fills(reports: pd.DataFrame, book: Book) -> pd.DataFrame:
     """Book each report in order; returns the reports with the book after each."""
     pos_after, cash_after, pnl = [], [], []
-    for sym, side, qty, px, fee in zip(reports["symbol"], reports["side"], reports["last_qty"],
-                                       reports["last_px"], reports["last_fee"], strict=True):
+    fee_ccys = reports["fee_currency"] if "fee_currency" in reports else [None] * len(reports)
+    for sym, side, qty, px, fee, fee_ccy in zip(reports["symbol"], reports["side"], reports["last_qty"],
+                                                reports["last_px"], reports["last_fee"], fee_ccys, strict=True):
         realized = 0.0
         if qty > 0:
             held = book.positions[sym]
+            # a fee in the base asset (a venue charging the asset received on a buy) comes off
+            # the position, not the cash; any other currency is booked against the cash
+            in_base = fee_ccy is not None and fee_ccy == sym.split("/")[0]
+            base_fee, quote_fee = (fee, 0.0) if in_base else (0.0, fee)
             if side == "buy":
-                book.cash -= qty * px + fee
+                book.cash -= qty * px + quote_fee
                 book.cost_basis[sym] += qty * px
-                book.positions[sym] = held + qty
+                book.positions[sym] = held + qty - base_fee
             else:
                 avg = book.cost_basis[sym] / held if held > 0 else px
                 realized = (px - avg) * qty
-                book.cash += qty * px - fee
-                book.cost_basis[sym] -= avg * qty
-                book.positions[sym] = held - qty
+                book.cash += qty * px - quote_fee
+                book.cost_basis[sym] -= avg * (qty + base_fee)
+                book.positions[sym] = held - qty - base_fee
             book.realized_pnl += realized
             book.realized_by_symbol[sym] = book.realized_by_symbol.get(sym, 0.0) + realized
-            book.fees += fee
+            book.fees += quote_fee + base_fee * px  # in the quote currency
         pos_after.append(book.positions[sym])
         cash_after.append(book.cash)
         pnl.append(realized)

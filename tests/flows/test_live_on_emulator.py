@@ -17,7 +17,6 @@ from brokers.base import BrokerError
 from brokers.ccxt import CcxtBroker
 from brokers.factory import make_broker
 from flows.live_execution import live_execution
-from tasks.positions import BookMismatch
 from tests.emulated_venue import SYMBOL, canary, start_emulator, use_emulator
 from tradpal.config import load_settings
 from tradpal.ledger import TABLES, Ledger
@@ -54,12 +53,6 @@ def assert_ledger_matches_venue(ledger: Ledger, engine) -> None:
     assert fills["price"].tolist() == pytest.approx([float(t.price) for t in engine.trades], rel=1e-12)
 
 
-FEES_IN_THE_ASSET_RECEIVED = pytest.mark.xfail(strict=True, raises=BookMismatch, reason=(
-    "step 7 (tasks/positions.py) books every fee in the quote currency; Bybit charges a spot buy's fee in "
-    "the asset bought (as real Binance does unless BNB pays), so the book and the venue differ by the fee "
-    "(BookMismatch). The execution reports carry no fee currency yet."))
-
-
 @pytest.fixture
 def each_venue(request, monkeypatch):
     secret = canary()
@@ -71,7 +64,7 @@ def each_venue(request, monkeypatch):
 
 @pytest.mark.parametrize(("each_venue", "side"), [
     ("binance", "buy"), ("bybit", "sell"),  # a Bybit sell pays its fee in BTC, the quote
-    pytest.param("bybit", "buy", marks=FEES_IN_THE_ASSET_RECEIVED),
+    pytest.param("bybit", "buy"),
 ], indirect=["each_venue"])
 def test_live_run_fills_on_the_emulator_and_the_ledger_agrees(prefect_api, each_venue, side, tmp_path):
     handle, dialect = each_venue
