@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from brokers.base import OrderResult, OrderStatus
+from brokers.base import InvalidOrderError, OrderNotFoundError, OrderResult, OrderStatus
 from tasks.brackets import BracketPass, leg_coids, next_bar_wake
 from tasks.context import ExecutionContext, OpenOrder
 from tasks.contracts import ExecutionFrame
@@ -92,8 +92,21 @@ async def _cancel(ctx: ExecutionContext, memory: dict[str, OpenOrder], coids: li
                   reports: list[dict], reason: str) -> None:
     for coid in coids:
         oo = memory[coid]
-        result = await ctx.broker.cancel_order(oo.row["broker_order_id"], oo.row["symbol"])
+        result = await cancel_or_final(ctx, oo.row["broker_order_id"], oo.row["symbol"])
         _advance(memory, coid, oo, result, reports, reason)
+
+
+async def cancel_or_final(ctx: ExecutionContext, order_id: str, symbol: str) -> OrderResult:
+    """Cancel an order; if the broker refuses because the order is already over (it filled
+    or expired since the last poll — or a re-sent cancel found it cancelled), its final
+    state. A refusal for an order still open is the broker's error, raised."""
+    try:
+        return await ctx.broker.cancel_order(order_id, symbol)
+    except (InvalidOrderError, OrderNotFoundError):
+        result = await ctx.broker.get_order_status(order_id, symbol)
+        if not result.status.is_terminal:
+            raise
+        return result
 
 
 async def monitor_executions(placed: pd.DataFrame, ctx: ExecutionContext) -> StepResult:

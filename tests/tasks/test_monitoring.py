@@ -200,3 +200,30 @@ def test_reports_are_in_time_order_across_orders() -> None:
     out = monitor(placed(raw, ctx), ctx, until=t(4)).frame
     assert out["signal_id"].tolist() == ["s2", "s1"]
     assert out["timestamp"].tolist() == [t(1), t(3)]
+
+
+def test_a_cancel_that_finds_the_order_already_filled_reports_the_fill_not_an_error() -> None:
+    """The order filled between the last poll and the timeout's cancel: the broker refuses
+    the cancel (the order is over); monitoring takes its final state instead of failing."""
+    from brokers.base import Order, OrderStatus, OrderType, Side
+    from brokers.base.clock import WallClock
+    from brokers.paper import PaperBroker
+    from tasks.monitoring import cancel_or_final
+
+    broker = PaperBroker(cash=10_000.0, quote_currency="USDT", clock=WallClock(), name="paper-race")
+    broker.set_price(SYM, 100.0)
+    ctx = build_context(market={SYM: bars(RISING)})
+    ctx.broker = broker
+
+    async def go():
+        filled = await broker.place_order(Order(symbol=SYM, side=Side.BUY, order_type=OrderType.LIMIT,
+                                                quantity=1.0, price=95.0, client_order_id="tp-race-0"))
+        resting = await broker.place_order(Order(symbol=SYM, side=Side.BUY, order_type=OrderType.LIMIT,
+                                                 quantity=1.0, price=90.0, client_order_id="tp-race2-0"))
+        broker.set_price(SYM, 94.0)  # the first fills now, the second still rests
+        return (await cancel_or_final(ctx, filled.order_id, SYM),
+                await cancel_or_final(ctx, resting.order_id, SYM))
+
+    first, second = run(go())
+    assert first.status == OrderStatus.FILLED and first.executed_quantity == 1.0
+    assert second.status == OrderStatus.CANCELED
