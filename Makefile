@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 export PREFECT_HOME ?= $(CURDIR)/.tradpal/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_LEVEL ?= WARNING
+# the ephemeral API server gets 20 s to start by default: not always enough on a busy 2-core machine
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
 .PHONY: demo test bench chaos lint venv clean up down
 

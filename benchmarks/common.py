@@ -27,4 +27,5 @@ def isolated_prefect():
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
         yield Path(tmp)
