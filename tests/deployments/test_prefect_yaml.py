@@ -18,7 +18,7 @@ def test_prefect_yaml_points_at_real_flows():
 
 def test_only_the_operational_deployments_carry_schedules():
     deps = deployments()
-    assert set(deps) == {"paper-replay", "live-execution", "post-trade-analytics", "risk-monitor"}
+    assert set(deps) == {"paper-replay", "live-execution", "post-trade-analytics", "risk-monitor", "replay-sweep"}
     assert {n for n, d in deps.items() if "schedules" in d} == SCHEDULED
     assert deps["post-trade-analytics"]["schedules"] == [{"cron": "15 0 * * *", "timezone": "UTC"}]
     assert deps["risk-monitor"]["schedules"] == [{"interval": 60}]
