@@ -6,6 +6,9 @@ passed in memory, and idempotency comes from client order ids, not from Prefect.
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
+
 import pandas as pd
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
@@ -27,9 +30,30 @@ def retry_only_retryable(task: Task, task_run, state) -> bool:
     return is_retryable(state.data)
 
 
+MAX_VENUE_WAIT_S = 60.0  # a venue ban longer than this is not waited out: the step fails
+
+
+async def wait_out_venue(exc: BrokerError, now: datetime | None = None) -> None:
+    """Before a retry, wait as long as the venue said to: an IP ban (`banned_until`) is
+    waited out, since on Binance every request during a ban lengthens it. A ban longer
+    than `MAX_VENUE_WAIT_S` makes the error final (no retry at all)."""
+    until = getattr(exc, "banned_until", None)
+    if until is None:
+        return
+    wait = (until - (now or datetime.now(UTC))).total_seconds()
+    if wait > MAX_VENUE_WAIT_S:
+        exc.retryable = False  # this instance: retrying inside the ban would only lengthen it
+    elif wait > 0:
+        await asyncio.sleep(wait)
+
+
 def _make_task(step: Step) -> Task:
     async def step_task(frame: pd.DataFrame, ctx: ExecutionContext, label: str = "") -> pd.DataFrame:
-        return await run_step(step, frame, ctx)
+        try:
+            return await run_step(step, frame, ctx)
+        except BrokerError as exc:
+            await wait_out_venue(exc)
+            raise
 
     step_task.__name__ = step.name
     options = dict(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,

@@ -157,3 +157,23 @@ def test_a_non_retryable_broker_error_fails_at_once_and_says_so(ledger: Ledger) 
     failed = audit[audit["event"] == "step.monitoring.failed"]
     assert failed["payload"].iloc[0]["reason"] == (
         "monitoring failed (not retryable): OrderNotFoundError: order paper-1 not found")
+
+
+def test_a_venue_ban_is_waited_out_before_the_retry_and_a_long_one_is_final():
+    import asyncio
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from brokers.ccxt.errors import VenueBannedError
+    from tasks.prefect_tasks import MAX_VENUE_WAIT_S, wait_out_venue
+
+    short = VenueBannedError("banned")
+    short.banned_until = datetime.now(UTC) + timedelta(seconds=0.3)
+    t0 = time.monotonic()
+    asyncio.run(wait_out_venue(short))
+    assert time.monotonic() - t0 >= 0.25 and short.retryable  # waited, then retried
+
+    long = VenueBannedError("banned")
+    long.banned_until = datetime.now(UTC) + timedelta(seconds=MAX_VENUE_WAIT_S + 60)
+    asyncio.run(wait_out_venue(long))
+    assert long.retryable is False and VenueBannedError("other").retryable  # only that instance
