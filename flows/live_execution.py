@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 
 from brokers.base import AccountInfo, BaseBroker
 from brokers.base.clock import WallClock
+from brokers.base.retry import retrying
 from brokers.factory import guarded, make_broker, paper_broker
 from risk.alerts import alerter_from_env
 from risk.approval import ApprovalForm, ApprovalPolicy, ApprovalRequest, Decision, policy_from, review
@@ -148,10 +149,10 @@ async def live_execution(signals: list[dict], prices: dict[str, float] | None = 
     ledger.start_run("live", {"signals": len(signals), "prices": prices, "venue": broker.name}, run_id=run_id,
                      flow_run_id=str(flow_run.id) if flow_run.id else None)
     try:
-        await broker.connect()
+        await retrying(broker.connect)
         await reconcile_task(ledger, broker, run_id)
-        prices = await reference_prices(broker, prices, signals)
-        book = opening_book(await broker.get_account_info(), quote, prices)
+        prices = await retrying(lambda: reference_prices(broker, prices, signals))
+        book = opening_book(await retrying(broker.get_account_info), quote, prices)
         ctx = ExecutionContext(broker=broker, clock=clock, config=PipelineConfig(),
                                market=last_prices(prices, clock.now()), book=book, recorder=None, run_id=run_id,
                                namespace="live", strategy="live")

@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from brokers.base.clock import WallClock
+from brokers.base.retry import retrying
 from brokers.factory import guarded, make_broker
 from flows.live_execution import last_prices, opening_book, reference_prices
 from risk.alerts import alerter_from_env
@@ -83,10 +84,10 @@ async def live_stream(symbols: list[str], host: str = "127.0.0.1", port: int = 8
     queue, stop = SignalQueue(max_batch=max_batch), asyncio.Event()
     server = None
     try:
-        await broker.connect()
+        await retrying(broker.connect)
         await reconcile_task(ledger, broker, run_id)
-        prices = await reference_prices(broker, prices, [{"symbol": s} for s in symbols])
-        book = opening_book(await broker.get_account_info(), quote, prices)
+        prices = await retrying(lambda: reference_prices(broker, prices, [{"symbol": s} for s in symbols]))
+        book = opening_book(await retrying(broker.get_account_info), quote, prices)
         ctx = ExecutionContext(broker=broker, clock=clock, config=PipelineConfig(), market=last_prices(prices, clock.now()),
                                book=book, recorder=LedgerRecorder(ledger, run_id=run_id, namespace="live",
                                                                   venue=broker.name),

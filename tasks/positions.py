@@ -79,6 +79,9 @@ def equity_segment(ctx: ExecutionContext, fills: pd.DataFrame, start_ns: int, en
 
 
 async def manage_positions(executions: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
+    # the broker's account first, before the book changes: if asking fails, the retried step
+    # starts from the same book (booking first would book this batch's fills twice)
+    account = await ctx.broker.get_account_info() if ctx.config.verify_book else None
     book = ctx.book
     cash_before, positions_before = book.cash, dict(book.positions)
     booked = apply_fills(executions, book)
@@ -96,8 +99,8 @@ async def manage_positions(executions: pd.DataFrame, ctx: ExecutionContext) -> S
         book.observe(segment["timestamp"], segment["equity"].to_numpy("float64"))
     else:
         book.observe(pd.Series([ctx.clock.now()]), np.array([book.equity()]))
-    if ctx.config.verify_book:
-        await check_against_broker(ctx)
+    if account is not None:
+        check_against_account(book, account)
     trips = breaker_trips(ctx, start_ns, now_ns)
     flatten_on_loss_limit(ctx, trips)
     return StepResult(booked, extra={"equity": segment, "positions": snapshot(book, ctx.clock.now()), "trips": trips})
@@ -188,8 +191,11 @@ def snapshot(book: Book, as_of: pd.Timestamp) -> pd.DataFrame:
 
 
 async def check_against_broker(ctx: ExecutionContext) -> None:
-    account = await ctx.broker.get_account_info()
-    book = ctx.book
+    check_against_account(ctx.book, await ctx.broker.get_account_info())
+
+
+def check_against_account(book, account) -> None:
+    """`BookMismatch` unless the book's cash and positions are the account's balances."""
     theirs = account.balances.get(book.quote_currency, 0.0)
     if abs(theirs - book.cash) > 1e-6 * max(1.0, abs(book.cash)):
         raise BookMismatch(f"cash: book {book.cash!r} != broker {theirs!r} {book.quote_currency}")

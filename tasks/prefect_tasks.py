@@ -6,14 +6,12 @@ passed in memory, and idempotency comes from client order ids, not from Prefect.
 
 from __future__ import annotations
 
-import asyncio
-from datetime import UTC, datetime
-
 import pandas as pd
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from brokers.base import BrokerError, is_retryable
+from brokers.base.retry import MAX_VENUE_WAIT_S, wait_out_venue  # noqa: F401 - re-exported
 from tasks.context import ExecutionContext
 from tasks.pipeline import STEPS, Step, provenance, run_step
 
@@ -28,23 +26,6 @@ def retry_only_retryable(task: Task, task_run, state) -> bool:
     inside the async task engine that returns an un-awaited coroutine, never raising, so
     nothing would ever be retried.)"""
     return is_retryable(state.data)
-
-
-MAX_VENUE_WAIT_S = 60.0  # a venue ban longer than this is not waited out: the step fails
-
-
-async def wait_out_venue(exc: BrokerError, now: datetime | None = None) -> None:
-    """Before a retry, wait as long as the venue said to: an IP ban (`banned_until`) is
-    waited out, since on Binance every request during a ban lengthens it. A ban longer
-    than `MAX_VENUE_WAIT_S` makes the error final (no retry at all)."""
-    until = getattr(exc, "banned_until", None)
-    if until is None:
-        return
-    wait = (until - (now or datetime.now(UTC))).total_seconds()
-    if wait > MAX_VENUE_WAIT_S:
-        exc.retryable = False  # this instance: retrying inside the ban would only lengthen it
-    elif wait > 0:
-        await asyncio.sleep(wait)
 
 
 def _make_task(step: Step) -> Task:

@@ -27,7 +27,7 @@ from decimal import Decimal
 import pandas as pd
 import pytest
 
-from brokers.base import BrokerError, Side
+from brokers.base import Side
 from brokers.ccxt import CcxtBroker
 from brokers.emulator.engine import floor_to
 from flows.live_execution import live_execution
@@ -91,20 +91,6 @@ def aim(monkeypatch, target: str, arm) -> dict:
 
         monkeypatch.setattr(CcxtBroker, name, wrapper)
     return state
-
-
-def known_gap(target: str, error: BaseException | None) -> str | None:
-    """A transient fault the run should absorb but does not yet, for a known reason (see
-    docs/RELIABILITY.md); the invariants must hold all the same."""
-    if error is None:
-        return None
-    if target == "positions" and type(error).__name__ == "BookMismatch":
-        return ("tasks/positions.py books the fills into the book before asking the broker for its account: a "
-                "retried positions step books them twice and stops the run with BookMismatch")
-    if target == "flow" and isinstance(error, BrokerError):
-        return ("the flow's own broker calls (connect / load markets, tickers, account) run outside any retrying "
-                "task: one transient fault there fails the run (before any order)")
-    return None
 
 
 def campaign_signals(prefix: str, n: int) -> list[dict]:
@@ -180,7 +166,6 @@ def test_fault_against_step_keeps_the_invariants(prefect_api, venue, tmp_path, m
     except Exception as exc:  # noqa: BLE001 - a persistent fault may end the run; judged below
         error = exc
     assert aimed["armed"], f"{target} made no broker call: the fault was never injected"
-    gap = known_gap(target, error) if strength in ("transient", "refusal") else None
     engine.faults.update(CLEAR_FAULTS)
     engine.faults.pop("banned_until_ms", None)
     if error is not None or strength == "persistent":  # restart: faults gone, same signals re-delivered
@@ -204,7 +189,5 @@ def test_fault_against_step_keeps_the_invariants(prefect_api, venue, tmp_path, m
                                   "broker_calls_in_step": aimed["calls"], "signals": len(batch),
                                   "outcomes": dict(outcomes)}) + "\n")
     if strength in ("transient", "refusal"):  # judged after the invariants: they must hold either way
-        if gap:
-            pytest.xfail(gap)
         assert error is None, f"{fault} once at {target} should be absorbed: {error!r}"
         assert summary["n_fills"] + summary["rejected"] >= len(batch)
