@@ -54,12 +54,12 @@ async def _signals_through(n: int, db: str, base_url: str, gate: bool) -> tuple[
 
     from brokers.base.clock import WallClock
     from brokers.ccxt import CcxtBroker
-    from flows.live_execution import last_prices, opening_book
     from tasks.context import ExecutionContext, PipelineConfig
     from tasks.pipeline import STEPS, run_batch
     from tasks.prefect_tasks import task_caller
     from tasks.recorder import LedgerRecorder
     from tradpal.ledger import Ledger
+    from tradpal.live import last_prices, opening_book
     from tradpal.venue_limits import PrefectRateGate, VenueRateLimit, limit_name
 
     request_gate = None

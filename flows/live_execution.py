@@ -3,56 +3,21 @@ against the configured broker (the paper broker on the wall clock by default).""
 
 from __future__ import annotations
 
-import contextlib
-import uuid
-
 import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from brokers.base import AccountInfo, BaseBroker
-from brokers.base.clock import WallClock
-from brokers.base.retry import retrying
-from brokers.factory import guarded, make_broker, paper_broker
-from risk.alerts import alerter_from_env
+from brokers.factory import paper_broker
 from risk.approval import ApprovalForm, ApprovalPolicy, ApprovalRequest, Decision, policy_from, review
-from risk.config import load_risk_config
-from tasks.context import Book, ExecutionContext, MarketData, PipelineConfig
+from tasks.context import ExecutionContext
 from tasks.pipeline import run_batch
 from tasks.prefect_tasks import task_caller
-from tasks.reconcile import reconcile_task
-from tasks.recorder import LedgerRecorder
-from tradpal.config import load_settings
 from tradpal.io import load_signals
-from tradpal.ledger import Ledger
+from tradpal.live import last_prices, open_context, opening_book, reference_prices, start_session
 
-__all__ = ["live_execution", "live_execution_from_file", "paper_broker"]
-
-
-async def reference_prices(broker: BaseBroker, given: dict[str, float], signals: list[dict]) -> dict[str, float]:
-    """The venue's last prices of the signals' symbols when the broker can tell them
-    (``get_last_prices``), else the prices given to the flow."""
-    get_last_prices = getattr(broker, "get_last_prices", None)
-    if get_last_prices is None:
-        return given
-    symbols = sorted({str(s.get("symbol", "")).upper() for s in signals} - {""})
-    return await get_last_prices(symbols)
-
-
-def opening_book(account: AccountInfo, quote: str, prices: dict[str, float]) -> Book:
-    """The book as the broker's account stands: the quote balance as cash, and what is
-    held of each traded symbol's base currency (valued at its reference price)."""
-    book = Book(cash=account.balances.get(quote, 0.0), quote_currency=quote)
-    for symbol, price in prices.items():
-        base, _, symbol_quote = symbol.partition("/")
-        held = account.balances.get(base, 0.0)
-        if symbol_quote == quote and held > 0:
-            book.positions[symbol] = held
-            book.cost_basis[symbol] = held * price
-            book.last_price[symbol] = price
-    book.start_equity = book.equity()
-    return book
+__all__ = ["live_execution", "live_execution_from_file", "paper_broker",
+           "last_prices", "opening_book", "reference_prices"]  # the last three: re-exported from tradpal.live
 
 
 def live_summary(reports: pd.DataFrame, ctx: ExecutionContext) -> dict:
@@ -64,12 +29,6 @@ def live_summary(reports: pd.DataFrame, ctx: ExecutionContext) -> dict:
              f"- run `{ctx.run_id}`"]
     return {"run_id": ctx.run_id, "n_fills": len(fills), "rejected": rejected, "ok": True,
             "final_cash": ctx.book.cash, "markdown": "\n".join(lines)}
-
-
-def last_prices(prices: dict[str, float], now: pd.Timestamp) -> MarketData:
-    """Market data of one flat bar per symbol at its last price (reference prices, marks)."""
-    return MarketData({s: pd.DataFrame({"timestamp": [now - pd.Timedelta(days=1)], "open": [p], "high": [p],
-                                        "low": [p], "close": [p], "volume": [0.0]}) for s, p in prices.items()})
 
 
 async def ask_in_prefect_ui(request: ApprovalRequest, policy: ApprovalPolicy) -> Decision:
@@ -138,28 +97,12 @@ async def live_execution(signals: list[dict], prices: dict[str, float] | None = 
     for s in signals:  # a signal's own reference price prices its symbol when none is given (an event)
         if s.get("reference_price") and str(s.get("symbol", "")).upper() not in prices:
             prices[str(s["symbol"]).upper()] = float(s["reference_price"])
-    settings = load_settings()
-    risk = load_risk_config(settings.risk_config) if settings.risk_config else None  # TRADPAL_RISK_CONFIG
-    ledger = Ledger(database_url or settings.ledger_url())
-    clock = WallClock()
-    run_id = uuid.uuid4().hex
-    alerter = alerter_from_env(risk)
-    broker = guarded(make_broker(settings, cash=cash, quote=quote, prices=prices, clock=clock), settings, risk,
-                     ledger=ledger, namespace="live", alerter=alerter, run_id=run_id, quote=quote)
-    ledger.start_run("live", {"signals": len(signals), "prices": prices, "venue": broker.name}, run_id=run_id,
-                     flow_run_id=str(flow_run.id) if flow_run.id else None)
+    session = start_session(cash=cash, quote=quote, prices=prices, database_url=database_url,
+                            params={"signals": len(signals), "prices": prices},
+                            flow_run_id=str(flow_run.id) if flow_run.id else None)
     try:
-        await retrying(broker.connect)
-        await reconcile_task(ledger, broker, run_id)
-        prices = await retrying(lambda: reference_prices(broker, prices, signals))
-        book = opening_book(await retrying(broker.get_account_info), quote, prices)
-        ctx = ExecutionContext(broker=broker, clock=clock, config=PipelineConfig(),
-                               market=last_prices(prices, clock.now()), book=book, recorder=None, run_id=run_id,
-                               namespace="live", strategy="live")
-        ctx.recorder = LedgerRecorder(ledger, run_id=run_id, namespace="live", venue=broker.name)
-        ctx.alerter = alerter
-        ctx.config = PipelineConfig(rules={s: ctx.config.default_rules for s in prices}, risk=risk)
-        call, approval = task_caller(signals_label(signals)), policy_from(settings, ctx.config.risk)
+        ctx = await open_context(session, prices, [str(s.get("symbol", "")) for s in signals])
+        call, approval = task_caller(signals_label(signals)), policy_from(session.settings, ctx.config.risk)
         if approval.enabled:
             call = approval_caller(call, approval)
         reports = await run_batch(pd.DataFrame(signals), ctx, call=call)
@@ -167,18 +110,17 @@ async def live_execution(signals: list[dict], prices: dict[str, float] | None = 
             pending, ctx.pending_signals = pd.DataFrame(ctx.pending_signals), []
             reports = pd.concat([reports, await run_batch(pending, ctx, call=call)], ignore_index=True)
     except BaseException as exc:
-        with contextlib.suppress(Exception):  # the ledger may be what failed: the run's own error comes first
-            ledger.finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
+        session.fail(exc)
         raise
     finally:
-        await broker.close()
+        await session.broker.close()
     summary = live_summary(reports, ctx)
     await create_markdown_artifact(key="live-summary", markdown=summary["markdown"])
     await create_table_artifact(key="live-executions", table=[
         {"signal_id": r.signal_id, "symbol": r.symbol, "side": r.side, "type": r.exec_type,
          "quantity": r.quantity, "price": r.price, "fee": r.fee, "slippage_bps": r.slippage_bps}
         for r in reports.itertuples()])
-    ledger.finish_run(run_id, "completed", {k: v for k, v in summary.items() if k != "markdown"})
+    session.ledger.finish_run(session.run_id, "completed", {k: v for k, v in summary.items() if k != "markdown"})
     return summary
 
 

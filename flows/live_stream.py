@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -21,19 +20,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from brokers.base.clock import WallClock
-from brokers.base.retry import retrying
-from brokers.factory import guarded, make_broker
-from flows.live_execution import last_prices, opening_book, reference_prices
-from risk.alerts import alerter_from_env
-from risk.config import load_risk_config
-from tasks.context import ExecutionContext, PipelineConfig
 from tasks.prefect_tasks import task_caller
-from tasks.reconcile import reconcile_task
-from tasks.recorder import LedgerRecorder
-from tradpal.config import load_settings
 from tradpal.intake_server import start_intake
-from tradpal.ledger import Ledger
+from tradpal.live import open_context, start_session
 from tradpal.streaming import SignalQueue, run_stream
 
 ARTIFACT_ROWS = 1000  # a long stream's tables show their last rows; the ledger has all
@@ -71,30 +60,14 @@ async def live_stream(symbols: list[str], host: str = "127.0.0.1", port: int = 8
     hold this worker's book against the account's balances."""
     symbols = [s.strip().upper() for s in symbols]
     prices = {k.upper(): float(v) for k, v in (prices or {}).items()}
-    settings = load_settings()
-    risk = load_risk_config(settings.risk_config) if settings.risk_config else None  # TRADPAL_RISK_CONFIG
-    ledger = Ledger(database_url or settings.ledger_url())
-    clock = WallClock()
-    run_id = uuid.uuid4().hex
-    alerter = alerter_from_env(risk)
-    broker = guarded(make_broker(settings, cash=cash, quote=quote, prices=prices, clock=clock), settings, risk,
-                     ledger=ledger, namespace="live", alerter=alerter, run_id=run_id, quote=quote)
-    ledger.start_run("live", {"mode": "stream", "symbols": symbols, "venue": broker.name}, run_id=run_id,
-                     flow_run_id=str(flow_run.id) if flow_run.id else None)
+    session = start_session(cash=cash, quote=quote, prices=prices, database_url=database_url,
+                            params={"mode": "stream", "symbols": symbols},
+                            flow_run_id=str(flow_run.id) if flow_run.id else None)
+    ledger, run_id = session.ledger, session.run_id
     queue, stop = SignalQueue(max_batch=max_batch), asyncio.Event()
     server = None
     try:
-        await retrying(broker.connect)
-        await reconcile_task(ledger, broker, run_id)
-        prices = await retrying(lambda: reference_prices(broker, prices, [{"symbol": s} for s in symbols]))
-        book = opening_book(await retrying(broker.get_account_info), quote, prices)
-        ctx = ExecutionContext(broker=broker, clock=clock, config=PipelineConfig(), market=last_prices(prices, clock.now()),
-                               book=book, recorder=LedgerRecorder(ledger, run_id=run_id, namespace="live",
-                                                                  venue=broker.name),
-                               run_id=run_id, namespace="live", strategy="live")
-        ctx.alerter = alerter
-        ctx.config = PipelineConfig(rules={s: ctx.config.default_rules for s in prices},
-                                    verify_book=not shared_account, risk=risk)
+        ctx = await open_context(session, prices, symbols, verify_book=not shared_account)
         fills: list[pd.DataFrame] = []
         raised: set[asyncio.Future] = set()
 
@@ -121,12 +94,12 @@ async def live_stream(symbols: list[str], host: str = "127.0.0.1", port: int = 8
             queue.closed = True  # stopping (or the consumer failed): no new signals; the queue drains
             stats = await consumer
     except BaseException as exc:
-        ledger.finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
+        session.fail(exc)
         raise
     finally:
         if server is not None:
             await server.stop()
-        await broker.close()
+        await session.broker.close()
     reports = pd.concat(fills, ignore_index=True) if fills else pd.DataFrame(columns=["quantity", "fee"])
     filled = reports[reports["quantity"] > 0]
     summary = {"run_id": run_id, **stats.as_dict(), "n_fills": len(filled), "fees": float(filled["fee"].sum()),

@@ -13,8 +13,10 @@
 * Each signal of the namespace that a run which is gone left with neither an order nor a
   rejection (the process died between receiving it and creating its order) gets a
   rejection at step ``reconcile``: "interrupted ..." — it was never traded. Only signals
-  received more than ``ORPHAN_AFTER_S`` ago count, so that another worker's signal in
-  flight (milliseconds from claim to order) is left alone.
+  received more than ``ORPHAN_AFTER_S`` ago count, and only when their run is gone: each
+  live run records its host and process id (`tradpal.live`), so another worker's signal in
+  flight on this host is left alone while its process lives; a run of another host counts
+  as gone after ``REMOTE_ORPHAN_AFTER_S``.
 
 Every action is audited (``order.reconciled``, ``order.rejected``, ``order.adopted``,
 ``order.missing_at_venue``, ``signal.interrupted``), and the whole pass as
@@ -25,6 +27,8 @@ has it. ``reconcile`` is a plain coroutine; ``reconcile_task`` its thin Prefect 
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,6 +43,7 @@ from tradpal.ledger import Ledger, Provenance
 from tradpal.ledger.models import AuditLog as AuditRow
 from tradpal.ledger.models import Order as OrderRow
 from tradpal.ledger.models import Rejection as RejectionRow
+from tradpal.ledger.models import Run as RunRow
 from tradpal.ledger.models import Signal as SignalRow
 
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED", "CREATED", "UNKNOWN")
@@ -51,6 +56,7 @@ NEVER_REACHED = "never reached the venue"
 INTERRUPTED = ("interrupted: the process stopped after the signal was received and before its order was "
                "created; not traded")
 ORPHAN_AFTER_S = 2.0
+REMOTE_ORPHAN_AFTER_S = 300.0  # a run of another host: its process cannot be asked
 STEP = "reconcile"
 
 
@@ -87,18 +93,51 @@ def open_ledger_orders(ledger: Ledger, venue: str, namespace: str) -> list[dict[
         return [dict(r._mapping) for r in conn.execute(stmt)]
 
 
-def orphan_signals(ledger: Ledger, namespace: str, run_id: str | None, before: datetime) -> list[str]:
+def orphan_signals(ledger: Ledger, namespace: str, run_id: str | None, before: datetime,
+                   remote_before: datetime | None = None) -> list[str]:
     """Signal ids of ``namespace`` received before ``before`` by a run other than ``run_id``
-    that have neither an order nor a rejection."""
-    s, o, r = SignalRow.__table__, OrderRow.__table__, RejectionRow.__table__
+    that have neither an order nor a rejection, and whose run is gone: a run of this host
+    whose process no longer lives, a run of another host received before ``remote_before``
+    (its process cannot be asked), or a run that recorded no process (before ``before``)."""
+    s, o, r, runs = SignalRow.__table__, OrderRow.__table__, RejectionRow.__table__, RunRow.__table__
     where = [s.c.namespace == namespace, s.c.received_at < before,
              ~exists().where(o.c.signal_pk == s.c.id),
              ~exists().where(r.c.namespace == namespace, r.c.signal_id == s.c.signal_id)]
     if run_id:
         where.append(or_(s.c.run_id.is_(None), s.c.run_id != run_id))
-    stmt = select(s.c.signal_id).where(*where).order_by(s.c.id)
+    stmt = (select(s.c.signal_id, s.c.received_at, runs.c.params).select_from(s.outerjoin(runs, runs.c.id == s.c.run_id))
+            .where(*where).order_by(s.c.id))
     with ledger.engine.connect() as conn:
-        return [row[0] for row in conn.execute(stmt)]
+        rows = conn.execute(stmt).all()
+    remote_before = remote_before or before - timedelta(seconds=REMOTE_ORPHAN_AFTER_S)
+    return [sid for sid, received, params in rows if run_is_gone(params or {}, _utc(received), remote_before)]
+
+
+def run_is_gone(params: dict[str, Any], received: pd.Timestamp, remote_before: datetime) -> bool:
+    """Whether the run that recorded ``params`` ({"host", "pid"}, see `tradpal.live`) has
+    stopped. On this host: its process is gone (or a zombie). Elsewhere: only a signal older
+    than ``remote_before`` counts. No process recorded: gone (the age rule alone)."""
+    host, pid = params.get("host"), params.get("pid")
+    if not host or not pid:
+        return True
+    if host != socket.gethostname():
+        return received < _utc(remote_before)
+    return not process_alive(int(pid))
+
+
+def process_alive(pid: int) -> bool:
+    """A process with that pid runs here (a zombie — killed, not yet reaped — does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _settle_orphans(ledger: Ledger, namespace: str, prov: Provenance, report: ReconcileReport) -> None:

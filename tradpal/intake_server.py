@@ -6,6 +6,9 @@
                     413 body larger than ``max_body`` bytes
     GET  /health    200 {"status": "ok"}
 
+Bound to loopback by default. Bound anywhere else it needs a token (``TRADPAL_INTAKE_TOKEN``,
+or ``token=``): POST then needs ``Authorization: Bearer <token>`` (401 otherwise).
+
 Validation is `tradpal.signals.parse_signal_payload` (the intake step's rules); a payload
 with one bad signal is refused whole, so nothing is half-accepted.
 
@@ -30,7 +33,10 @@ Prefect), bound to loopback by default.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +47,11 @@ from starlette.routing import Route
 
 from tradpal.errors import InputError
 from tradpal.signals import emit_signal, parse_signal_payload
+
+
+class Busy(Exception):
+    """A handler's refusal for now (too many signals waiting, stopping): 503, Retry-After 1."""
+
 
 Handler = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
 MAX_BODY = 1 << 20  # 1 MiB
@@ -73,10 +84,32 @@ async def _read_limited(request: Request, max_body: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def make_app(handler: Handler, *, max_body: int = MAX_BODY) -> Starlette:
-    """The ASGI app: POST /signals through ``handler``, GET /health."""
+def require_token(host: str, token: str | None) -> str | None:
+    """The token the intake demands: ``token`` or ``TRADPAL_INTAKE_TOKEN``; none is needed on
+    loopback, but an intake bound anywhere else without one is refused (`InputError`)."""
+    token = token or os.environ.get("TRADPAL_INTAKE_TOKEN") or None
+    if token is None and not is_loopback(host):
+        raise InputError(f"intake: listening on {host} (not loopback) needs a token: set TRADPAL_INTAKE_TOKEN "
+                         "(senders then send 'Authorization: Bearer <token>')")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def make_app(handler: Handler, *, max_body: int = MAX_BODY, token: str | None = None) -> Starlette:
+    """The ASGI app: POST /signals through ``handler``, GET /health. With ``token``, POST
+    needs ``Authorization: Bearer <token>`` (401 otherwise)."""
+    expected = f"Bearer {token}".encode() if token else None
 
     async def signals(request: Request) -> JSONResponse:
+        if expected is not None and not hmac.compare_digest(request.headers.get("authorization", "").encode(),
+                                                             expected):
+            return JSONResponse({"error": "missing or wrong token (Authorization: Bearer <token>)"}, status_code=401)
         body = await _read_limited(request, max_body)
         if body is None:
             return JSONResponse({"error": f"body larger than {max_body} bytes"}, status_code=413)
@@ -88,6 +121,8 @@ def make_app(handler: Handler, *, max_body: int = MAX_BODY) -> Starlette:
             results = await handler(parsed)
         except InputError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
+        except Busy as exc:  # back-pressure: try again later
+            return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
         except Exception as exc:  # the handler's failure, in one line, not a traceback
             return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
         return JSONResponse({"results": results}, status_code=202)
@@ -99,10 +134,10 @@ def make_app(handler: Handler, *, max_body: int = MAX_BODY) -> Starlette:
 
 
 async def serve_intake(host: str, port: int, handler: Handler = emit_handler, *, max_body: int = MAX_BODY,
-                       started: Callable[[int], None] | None = None) -> None:
+                       started: Callable[[int], None] | None = None, token: str | None = None) -> None:
     """Serve the intake on ``host:port`` until cancelled (``port=0``: a free port).
     ``started(port)`` is called once it listens."""
-    server = await start_intake(host, port, handler, max_body=max_body)
+    server = await start_intake(host, port, handler, max_body=max_body, token=token)
     if started is not None:
         started(server.port)
     try:
@@ -112,14 +147,17 @@ async def serve_intake(host: str, port: int, handler: Handler = emit_handler, *,
 
 
 async def start_intake(host: str, port: int, handler: Handler = emit_handler, *,
-                       max_body: int = MAX_BODY) -> IntakeServer:
+                       max_body: int = MAX_BODY, token: str | None = None) -> IntakeServer:
     """Start serving in the running event loop and return the server (``.port``;
-    ``await .stop()``). A port that cannot be bound raises `InputError`."""
+    ``await .stop()``). A port that cannot be bound raises `InputError`, and so does a
+    host other than loopback without a token (`require_token`)."""
     import socket
 
     import uvicorn
 
-    config = uvicorn.Config(make_app(handler, max_body=max_body), host=host, port=port, log_level="warning",
+    token = require_token(host, token)
+    config = uvicorn.Config(make_app(handler, max_body=max_body, token=token), host=host, port=port,
+                            log_level="warning",
                             lifespan="off", access_log=False, timeout_graceful_shutdown=2)
     config.load()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)

@@ -29,6 +29,7 @@ import pandas as pd
 
 from tasks.context import ExecutionContext
 from tasks.pipeline import STEP_BY_NAME, Step, run_batch, run_step
+from tradpal.intake_server import Busy
 
 PLACEMENT = STEP_BY_NAME["placement"]
 
@@ -46,7 +47,7 @@ class Pending:
         return str(self.signal["signal_id"])
 
 
-class QueueFull(Exception):
+class QueueFull(Busy):
     """More signals waiting than the stream accepts (back-pressure: the intake answers 503)."""
 
 

@@ -89,3 +89,39 @@ def test_a_busy_port_is_one_line():
             await first.stop()
 
     asyncio.run(both())
+
+
+def test_with_a_token_a_signal_without_it_is_refused_401():
+    async def handler(signals):
+        return [{"signal_id": s["signal_id"], "accepted": True} for s in signals]
+
+    async def post(client):
+        bare = await client.post("/signals", json=SIGNAL)
+        wrong = await client.post("/signals", json=SIGNAL, headers={"Authorization": "Bearer nope"})
+        right = await client.post("/signals", json=SIGNAL, headers={"Authorization": "Bearer s3cret-token"})
+        return bare, wrong, right
+
+    bare, wrong, right = run(handler, post, token="s3cret-token")
+    assert (bare.status_code, wrong.status_code, right.status_code) == (401, 401, 202)
+    assert "s3cret" not in bare.text and "token" in bare.json()["error"]
+
+
+def test_beyond_loopback_the_intake_needs_a_token(monkeypatch):
+    from tradpal.intake_server import require_token
+
+    monkeypatch.delenv("TRADPAL_INTAKE_TOKEN", raising=False)
+    with pytest.raises(InputError, match="0.0.0.0 .*needs a token"):
+        asyncio.run(start_intake("0.0.0.0", 0, None))  # refused before anything binds
+    assert require_token("127.0.0.1", None) is None and require_token("::1", None) is None
+    monkeypatch.setenv("TRADPAL_INTAKE_TOKEN", "t0k")
+    assert require_token("0.0.0.0", None) == "t0k"
+
+
+def test_a_busy_handler_answers_503_with_retry_after():
+    from tradpal.streaming import QueueFull
+
+    async def handler(signals):
+        raise QueueFull("10000 signals already waiting (limit 10000)")
+
+    resp = run(handler, lambda client: client.post("/signals", json=SIGNAL))
+    assert resp.status_code == 503 and resp.headers["retry-after"] == "1" and "already waiting" in resp.json()["error"]

@@ -11,10 +11,10 @@ import pytest
 from brokers.base import BrokerConnectionError
 from brokers.base.clock import WallClock
 from brokers.paper import PaperBroker
-from flows.live_execution import last_prices
 from tasks.context import Book, ExecutionContext, PipelineConfig
 from tasks.recorder import LedgerRecorder
 from tradpal.ledger import Ledger
+from tradpal.live import last_prices
 from tradpal.streaming import SignalQueue, batch_label, run_stream
 
 SYM = "BTC/USDT"

@@ -1,0 +1,56 @@
+"""A signal left without an order is settled as interrupted only when the run that took it
+is gone: its process dead (or a zombie) on this host, or long enough ago on another host.
+A run still working — another worker between its claim and its order — is left alone."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+from tasks.reconcile import ORPHAN_AFTER_S, REMOTE_ORPHAN_AFTER_S, orphan_signals, process_alive
+from tests.tasks.test_reconcile_crash import signal
+from tradpal.ledger import Ledger
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_only_signals_of_runs_that_are_gone_are_orphans(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    here = socket.gethostname()
+    runs = {"alive": {"host": here, "pid": os.getpid()}, "crashed": {"host": here, "pid": dead_pid()},
+            "remote": {"host": here + "-elsewhere", "pid": 1}, "legacy": {}, "me": {"host": here, "pid": os.getpid()}}
+    for run, params in runs.items():
+        ledger.start_run("live", params, run_id=run)
+    old = ORPHAN_AFTER_S + 5
+    signal(ledger, "in-flight", age_s=old, run="alive")          # another worker, still working
+    signal(ledger, "killed", age_s=old, run="crashed")           # its process is gone
+    signal(ledger, "remote-recent", age_s=old, run="remote")     # another host, recent: left alone
+    signal(ledger, "remote-old", age_s=REMOTE_ORPHAN_AFTER_S + 60, run="remote")
+    signal(ledger, "no-process-recorded", age_s=old, run="legacy")
+    signal(ledger, "mine", age_s=old, run="me")                  # the reconciling run's own
+    before = datetime.now(UTC) - timedelta(seconds=ORPHAN_AFTER_S)
+    assert orphan_signals(ledger, "live", "me", before) == ["killed", "remote-old", "no-process-recorded"]
+
+
+def test_a_killed_child_not_yet_reaped_is_not_alive():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_alive(child.pid)
+        child.kill()
+        for _ in range(100):  # until the kernel has made it a zombie (we do not reap it yet)
+            with open(f"/proc/{child.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        assert not process_alive(child.pid)
+    finally:
+        child.wait()
+    assert not process_alive(child.pid)
