@@ -83,7 +83,7 @@ def ccxt_broker(settings: Settings, quote: str | None = None) -> BaseBroker:
     name = venue_name(settings)
     return CcxtBroker(settings.exchange, api_key=api_key, secret=secret, base_url=settings.exchange_url,
                       sandbox=settings.sandbox, name=name, quote_currency=quote,
-                      request_gate=venue_rate_gate(settings, name, api_key))
+                      request_gate=venue_rate_gate(settings, name, api_key), ccxt_rate_limit=settings.ccxt_rate_limit)
 
 
 def venue_rate_gate(settings: Settings, venue: str, api_key: str):

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
         None, description="requests per second to the venue account over all runs together, a Prefect rate "
         "limit (broker ccxt): a number, or 'profile' for the venue profile's budget; unset or 0: off (ccxt's "
         "own limiter only)")
+    ccxt_rate_limit: bool = Field(True, description="ccxt's own request limiter (broker ccxt); turn it off only "
+                                  "against a venue that limits nothing, such as the exchange emulator")
     venue_rate_burst: int | None = Field(None, ge=1, description="burst of that rate limit (default: the profile's)")
     risk_config: str | None = Field(None, description="risk YAML of live runs (limits, breakers, brackets, alerts); "
                                     "see `tradpal risk example`")

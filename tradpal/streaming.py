@@ -190,7 +190,7 @@ async def process_batch(queue: SignalQueue, batch: list[Pending], ctx: Execution
         out = await base(step, frame, c)
         if step is PLACEMENT:
             acknowledge(queue, out, stats)
-            await asyncio.sleep(0)  # let the intake answer the senders before steps 6-8
+            await asyncio.sleep(0.002)  # let the intake answer the senders (a few loop turns) before steps 6-8
         return out
 
     ctx.monitor_until = ctx.clock.now()  # one monitoring pass, no waiting: open orders carry on

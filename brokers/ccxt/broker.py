@@ -234,8 +234,10 @@ class CcxtBroker(BaseBroker):
         timeout_ms: int = 10_000,
         request_gate: Callable[[], Awaitable[None]] | None = None,
         leverage: int | None = None,
+        ccxt_rate_limit: bool = True,
     ) -> None:
         self.profile: VenueProfile = profile_for(exchange_id, market_type)
+        self.ccxt_rate_limit = ccxt_rate_limit  # off: only for a venue that limits nothing (the emulator)
         self.leverage = check_leverage(self.profile, leverage)
         self._leveraged: set[str] = set()
         self.exchange_id = exchange_id
@@ -278,7 +280,7 @@ class CcxtBroker(BaseBroker):
             **self.profile.exchange_config,
             "apiKey": self._api_key,
             "secret": self._secret,
-            "enableRateLimit": True,
+            "enableRateLimit": self.ccxt_rate_limit,
             "timeout": self.timeout_ms,
             "options": options,
         }
