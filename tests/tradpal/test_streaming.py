@@ -101,7 +101,12 @@ def test_a_resting_order_is_filled_by_a_monitoring_pass_between_signals(tmp_path
 
     async def senders(queue):
         answer = await queue.submit([signal("lim", order_type="limit", limit_price=95.0)])
-        assert answer[0]["status"] == "NEW" and ctx.open_orders
+        assert answer[0]["status"] == "NEW"  # answered at the acknowledgement, before steps 6-8
+        for _ in range(200):  # until this batch's monitoring step has taken the order in
+            if ctx.open_orders:
+                break
+            await asyncio.sleep(0.01)
+        assert ctx.open_orders
         ctx.broker.set_price(SYM, 94.0)  # the market comes down to the limit
         for _ in range(100):
             if not ctx.open_orders:
