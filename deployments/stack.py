@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from deployments import ROOT
+from tradpal.processes import process_alive
 
 POOL = "tradpal"
 DEFAULT_DIR = ROOT / ".tradpal" / "stack"
@@ -121,18 +122,7 @@ def _spawn(name: str, cmd: list[str], env: dict[str, str], config: StackConfig) 
     return proc.pid
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of this process is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+_alive = process_alive  # (kept: the tests and older callers use the name)
 
 
 def _wait_healthy(config: StackConfig, server_pid: int, timeout: float) -> None:

@@ -27,7 +27,6 @@ has it. ``reconcile`` is a plain coroutine; ``reconcile_task`` its thin Prefect 
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,6 +44,7 @@ from tradpal.ledger.models import Order as OrderRow
 from tradpal.ledger.models import Rejection as RejectionRow
 from tradpal.ledger.models import Run as RunRow
 from tradpal.ledger.models import Signal as SignalRow
+from tradpal.processes import process_alive  # noqa: F401 - re-exported
 
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED", "CREATED", "UNKNOWN")
 # terminal in the placement answer, then never followed up by monitoring (the process died
@@ -123,21 +123,6 @@ def run_is_gone(params: dict[str, Any], received: pd.Timestamp, remote_before: d
     if host != socket.gethostname():
         return received < _utc(remote_before)
     return not process_alive(int(pid))
-
-
-def process_alive(pid: int) -> bool:
-    """A process with that pid runs here (a zombie — killed, not yet reaped — does not count)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _settle_orphans(ledger: Ledger, namespace: str, prov: Provenance, report: ReconcileReport) -> None:

@@ -11,9 +11,10 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from tasks.reconcile import ORPHAN_AFTER_S, REMOTE_ORPHAN_AFTER_S, orphan_signals, process_alive
+from tasks.reconcile import ORPHAN_AFTER_S, REMOTE_ORPHAN_AFTER_S, orphan_signals
 from tests.tasks.test_reconcile_crash import signal
 from tradpal.ledger import Ledger
+from tradpal.processes import process_alive
 
 
 def dead_pid() -> int:
