@@ -66,10 +66,9 @@ async def post_trade_analytics(run_id: str | None = None, since: str | None = No
     table = breakdown(data.named_fills(), data.orders_or_empty(), data.rejections_or_empty())
     markdown = report_markdown(data.run, table, data.rejections_or_empty()) + "\n\n" + summary_markdown(
         metrics, quality, outputs)
-    # _sync: this flow is sync, but may be called from a running event loop (the demo): never a lost coroutine
-    create_markdown_artifact(key="post-trade-analytics", markdown=markdown, description=data.label, _sync=True)
+    await create_markdown_artifact(key="post-trade-analytics", markdown=markdown, description=data.label)
     for key, rows in chart_tables(metrics, table, data.equity, data.report_fills()).items():
-        create_table_artifact(key=key, table=rows, _sync=True)
+        await create_table_artifact(key=key, table=rows)
     if quality is not None and not quality.success:
         alert_quality_failure(quality, data.label, str(flow_run.id) if flow_run.id else None)
         raise QualityGateError(quality)

@@ -31,6 +31,18 @@ def test_analytics_matches_the_replay(prefect_api, tmp_path):
     assert row["position"] == pytest.approx(1.0)
     assert "pre_checks" not in report["markdown"] and "monitoring: 1" in report["markdown"]
 
+    async def artifact_keys():
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[report["flow_run_id"]])))
+        return {a.key for a in found}
+
+    keys = asyncio.run(artifact_keys())  # published, not left as un-awaited coroutines
+    assert "post-trade-analytics" in keys and len(keys) >= 3, keys
+
 
 def test_unknown_run_is_a_clear_error(prefect_api, tmp_path):
     with pytest.raises(InputError, match="no run 'nope'"):
