@@ -122,15 +122,12 @@ def _spawn(name: str, cmd: list[str], env: dict[str, str], config: StackConfig) 
     return proc.pid
 
 
-_alive = process_alive  # (kept: the tests and older callers use the name)
-
-
 def _wait_healthy(config: StackConfig, server_pid: int, timeout: float) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(server_pid):
+        if not process_alive(server_pid):
             raise StackError(f"prefect server exited during start-up; see {config.dir / 'server.log'}")
         try:
             if httpx.get(f"{config.api_url}/health", timeout=2).status_code == 200:
@@ -195,7 +192,7 @@ def up(config: StackConfig, *, deploy: bool = True, timeout: float = 180) -> Sta
     """Start the stack (see the module docstring); on any failure, stop what was started."""
     config.dir.mkdir(parents=True, exist_ok=True)
     running = read_pids(config.dir)
-    if running and any(_alive(p) for p in running["pids"].values()):
+    if running and any(process_alive(p) for p in running["pids"].values()):
         raise StackError(f"already up ({config.dir / 'pids.json'}); `make down` first")
     if not _port_free(config.port):
         raise StackError(f"127.0.0.1:{config.port} is in use (set TRADPAL_PREFECT_PORT)")
@@ -311,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("down")
             else:
                 for name, pid in data["pids"].items():
-                    print(f"{name}: pid {pid} {'running' if _alive(int(pid)) else 'GONE'}")
+                    print(f"{name}: pid {pid} {'running' if process_alive(int(pid)) else 'GONE'}")
     except StackError as exc:
         print(f"stack: error: {exc}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 import warnings
@@ -151,3 +152,35 @@ def make_signals(rows, symbol: str = "BTC/USDT"):
             rec.update(r[3])
         out.append(rec)
     return pd.DataFrame(out)
+
+
+@pytest.fixture
+def prefect_client(prefect_api):
+    """Run a coroutine taking a Prefect client: ``prefect_client(lambda c: c.read_...)``."""
+    from prefect.client.orchestration import get_client
+
+    def call(fn):
+        async def go():
+            async with get_client() as client:
+                return await fn(client)
+        return asyncio.run(go())
+
+    return call
+
+
+async def start_live_stream(tmp_path: Path, db: str, **kwargs):
+    """The `live_stream` flow started in the running loop on a free port, paper broker at
+    BTC/USDT 50,000: (the flow's future, the intake's base URL) once it listens."""
+    import asyncio
+
+    from flows.live_stream import live_stream
+
+    ready = tmp_path / "port"
+    options = {"symbols": ["BTC/USDT"], "port": 0, "prices": {"BTC/USDT": 50_000.0}, "cash": 10_000.0,
+               "idle_poll_s": 0.2, **kwargs}
+    run = asyncio.ensure_future(live_stream(database_url=db, ready_file=str(ready), **options))
+    while not (ready.exists() and ready.read_text()):
+        assert not run.done(), run.result()
+        await asyncio.sleep(0.05)
+    return run, f"http://127.0.0.1:{ready.read_text()}"
+

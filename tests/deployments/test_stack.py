@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from deployments.stack import StackConfig, StackError, _alive, _group_alive, _spawn, down, main, up
+from deployments.stack import StackConfig, StackError, _group_alive, _spawn, down, main, up
+from tradpal.processes import process_alive
 
 
 def test_configuration_errors_name_the_variable():
@@ -45,7 +46,7 @@ def test_down_stops_exactly_the_recorded_process_groups(tmp_path, capsys, monkey
         monkeypatch.setenv("TRADPAL_STACK_DIR", str(tmp_path))
         assert main(["down"]) == 0
         assert "stopped: server" in capsys.readouterr().out
-        assert not _group_alive(ours) and _alive(other.pid)
+        assert not _group_alive(ours) and process_alive(other.pid)
         assert not (tmp_path / "pids.json").exists()
         assert down(tmp_path) == []  # nothing recorded: nothing stopped
     finally:

@@ -11,23 +11,17 @@ import signal
 import httpx
 import pandas as pd
 
-from flows.live_stream import live_stream
+from tests.conftest import start_live_stream
 from tradpal.ledger import Ledger
 
 
 def test_signals_over_http_through_one_long_lived_flow_run(prefect_api, prefect_client, tmp_path):
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
-    ready = tmp_path / "port"
     now = pd.Timestamp.now(tz="UTC").isoformat()
 
     async def go():
-        run = asyncio.ensure_future(live_stream(symbols=["BTC/USDT"], port=0, prices={"BTC/USDT": 50_000.0},
-                                                cash=10_000.0, database_url=db, ready_file=str(ready),
-                                                idle_poll_s=0.2))
-        while not (ready.exists() and ready.read_text()):
-            assert not run.done(), run.result()
-            await asyncio.sleep(0.05)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ready.read_text()}", timeout=60) as client:
+        run, url = await start_live_stream(tmp_path, db)
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             one = await client.post("/signals", json={"timestamp": now, "symbol": "BTC/USDT", "side": "buy",
                                                       "quantity": 0.1, "signal_id": "st-1", "strategy": "mom"})
             many = await client.post("/signals", json=[

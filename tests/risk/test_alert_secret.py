@@ -20,20 +20,6 @@ from tradpal.ledger.ledger import TABLES
 CANARY = "CANARY0a1b2c3d4e5f"
 
 
-@pytest.fixture
-def prefect_client(prefect_api):
-    """Run a coroutine taking a Prefect client: ``prefect_client(lambda c: c.read_...)``."""
-    from prefect.client.orchestration import get_client
-
-    def call(fn):
-        async def go():
-            async with get_client() as client:
-                return await fn(client)
-        return asyncio.run(go())
-
-    return call
-
-
 def test_redaction_keeps_tokens_out() -> None:
     assert redact("slack://T000/B000/SECRETTOKEN") == "slack://…"  # a token where the host goes
     assert redact("json://user:SECRET@host.example:8080/path") == "json://host.example:8080/…"

@@ -72,21 +72,15 @@ def test_the_streaming_session_takes_the_risk_configuration(prefect_api, tmp_pat
 
     import httpx
 
-    from flows.live_stream import live_stream
+    from tests.conftest import start_live_stream
 
     (tmp_path / "risk.yaml").write_text(RISK)
     monkeypatch.setenv("TRADPAL_RISK_CONFIG", str(tmp_path / "risk.yaml"))
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
-    ready = tmp_path / "port"
 
     async def go():
-        run = asyncio.ensure_future(live_stream(symbols=["BTC/USDT"], port=0, prices={"BTC/USDT": 50_000.0},
-                                                cash=10_000.0, database_url=db, ready_file=str(ready),
-                                                idle_poll_s=0.2))
-        while not (ready.exists() and ready.read_text()):
-            assert not run.done(), run.result()
-            await asyncio.sleep(0.05)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ready.read_text()}", timeout=60) as client:
+        run, url = await start_live_stream(tmp_path, db)
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             answer = await client.post("/signals", json=signal("st-e"))
             await asyncio.sleep(0.5)  # an idle monitoring pass or two over the open legs
         os.kill(os.getpid(), signals.SIGTERM)
