@@ -18,8 +18,15 @@
   flight on this host is left alone while its process lives; a run of another host counts
   as gone after ``REMOTE_ORPHAN_AFTER_S``.
 
+* Each live run the ledger still holds ``running`` whose process is gone (the same test:
+  dead or a zombie on this host; on another host, or with no process recorded, nothing
+  written under it for ``REMOTE_ORPHAN_AFTER_S`` — a stream of another host idles without
+  writing, so it is never judged from here) becomes ``crashed`` with its reason, and its
+  Prefect flow run, if it recorded one, is set to Crashed (`crash_flow_run`; an API that no
+  longer knows the id, or does not answer, is noted and the ledger is marked all the same).
+
 Every action is audited (``order.reconciled``, ``order.rejected``, ``order.adopted``,
-``order.missing_at_venue``, ``signal.interrupted``), and the whole pass as
+``order.missing_at_venue``, ``signal.interrupted``, ``run.crashed``), and the whole pass as
 ``reconcile.completed``. The look-up
 of open orders at the venue is a capability (``get_open_orders``), used if the broker
 has it. ``reconcile`` is a plain coroutine; ``reconcile_task`` its thin Prefect task.
@@ -27,7 +34,9 @@ has it. ``reconcile`` is a plain coroutine; ``reconcile_task`` its thin Prefect 
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,7 +44,7 @@ from typing import Any
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, func, or_, select
 
 from brokers.base import BaseBroker, Order, OrderResult, is_retryable
 from tradpal.ledger import Ledger, Provenance
@@ -71,11 +80,12 @@ class ReconcileReport:
     missing: list[str] = field(default_factory=list)
     fills: int = 0
     interrupted: list[str] = field(default_factory=list)  # signal ids
+    crashed: list[str] = field(default_factory=list)  # run ids marked crashed
 
     def as_dict(self) -> dict[str, Any]:
         return {"checked": self.checked, "updated": self.updated, "rejected": self.rejected,
                 "adopted": self.adopted, "missing": self.missing, "fills": self.fills,
-                "interrupted": self.interrupted}
+                "interrupted": self.interrupted, "crashed": self.crashed}
 
 
 def open_ledger_orders(ledger: Ledger, venue: str, namespace: str) -> list[dict[str, Any]]:
@@ -136,6 +146,131 @@ def _settle_orphans(ledger: Ledger, namespace: str, prov: Provenance, report: Re
         ledger.audit_many(s, [{"event": "signal.interrupted", "entity": "signal", "entity_id": sid,
                                "payload": {"reason": INTERRUPTED}} for sid in ids], prov=prov)
     report.interrupted += ids
+
+
+# -- runs whose process is gone: crashed -----------------------------------------------
+
+CRASH_TIMEOUT_S = 15.0  # the Prefect API's answer about one flow run, at most
+
+
+@dataclass
+class GoneRun:
+    """A run still ``running`` in the ledger whose process is gone, and why we think so."""
+
+    run_id: str
+    flow_run_id: str | None
+    reason: str
+    last_seen: pd.Timestamp  # its last write to the ledger (start, signal received, audit row)
+    certain: bool  # its process was asked (this host); else judged by its silence
+
+
+def gone_runs(ledger: Ledger, run_id: str | None, *, kind: str = "live", now: datetime | None = None,
+              silent_after_s: float = REMOTE_ORPHAN_AFTER_S) -> list[GoneRun]:
+    """The runs of ``kind`` other than ``run_id`` still ``running`` in the ledger whose
+    process is gone (`run_gone_reason`), oldest first."""
+    runs, s, a = RunRow.__table__, SignalRow.__table__, AuditRow.__table__
+    last_signal = select(func.max(s.c.received_at)).where(s.c.run_id == runs.c.id).scalar_subquery()
+    last_audit = select(func.max(a.c.time)).where(a.c.run_id == runs.c.id).scalar_subquery()
+    where = [runs.c.kind == kind, runs.c.status == "running"]
+    if run_id:
+        where.append(runs.c.id != run_id)
+    stmt = (select(runs.c.id, runs.c.flow_run_id, runs.c.params, runs.c.started_at, last_signal, last_audit)
+            .where(*where).order_by(runs.c.started_at))
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    now_ts = _utc(now)
+    out = []
+    for rid, flow_run_id, params, started, signal_at, audit_at in rows:
+        last_seen = max(_utc(t) for t in (started, signal_at, audit_at) if t is not None)
+        params = params or {}
+        reason = run_gone_reason(params, (now_ts - last_seen).total_seconds(), silent_after_s)
+        if reason:
+            certain = bool(params.get("host") == socket.gethostname() and params.get("pid"))
+            out.append(GoneRun(rid, flow_run_id, reason, last_seen, certain))
+    return out
+
+
+def run_gone_reason(params: dict[str, Any], silent_s: float, silent_after_s: float = REMOTE_ORPHAN_AFTER_S) -> str | None:
+    """Why the run that recorded ``params`` ({"host", "pid", "mode"}, see `tradpal.live`)
+    is gone, or None while it may still be working. On this host: its process is dead or a
+    zombie. Another host (or none recorded): nothing written for ``silent_after_s``, except
+    a stream of another host, which writes nothing while no signal comes."""
+    host, pid = params.get("host"), params.get("pid")
+    if host and pid and host == socket.gethostname():
+        return None if process_alive(int(pid)) else f"process {pid} on {host} is gone"
+    if host and params.get("mode") == "stream":
+        return None
+    if silent_s <= silent_after_s:
+        return None
+    where = f"host {host}" if host else "a run that recorded no process"
+    return f"nothing written for {silent_s:.0f} s by {where} (its process cannot be asked from here)"
+
+
+async def crash_flow_run(flow_run_id: str, message: str, *, leave_paused: bool = False) -> str:
+    """Set Prefect flow run ``flow_run_id`` to Crashed with ``message`` and say what
+    happened: ``crashed``, ``already <state>`` (a final state is left as it is), ``paused``
+    (left alone when ``leave_paused``: it may be waiting for a person), ``unknown to the
+    Prefect API``, or ``Prefect API error: ...``. Never raises: the ledger is marked anyway."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    try:
+        fid = UUID(flow_run_id)
+    except ValueError:
+        return "not a Prefect flow run id"
+
+    async def go() -> str:
+        async with get_client() as client:
+            try:
+                flow_run = await client.read_flow_run(fid)
+            except ObjectNotFound:
+                return "unknown to the Prefect API"
+            state = flow_run.state
+            if state is not None and state.is_final():
+                return f"already {state.name}"
+            if leave_paused and state is not None and state.is_paused():
+                return "paused"
+            result = await client.set_flow_run_state(fid, Crashed(message=message))
+            if result.status != SetStateStatus.ACCEPT:
+                return f"Prefect refused: {result.status.value} {result.details}"
+            return "crashed"
+
+    try:
+        return await asyncio.wait_for(go(), CRASH_TIMEOUT_S)
+    except Exception as exc:  # the API is down or slow: the ledger still says what happened
+        return f"Prefect API error: {type(exc).__name__}: {exc}"[:300]
+
+
+CrashFlowRun = Callable[..., Awaitable[str]]
+
+
+async def mark_crashed_runs(ledger: Ledger, prov: Provenance, *, kind: str = "live",
+                            flow_runs: CrashFlowRun | None = crash_flow_run,
+                            now: datetime | None = None) -> list[str]:
+    """Mark each gone run (`gone_runs`) ``crashed`` in the ledger with its reason and a
+    ``run.crashed`` audit row (entity: the crashed run; provenance: the run that found it),
+    after setting its Prefect flow run, if any, to Crashed (``flow_runs``; None: the
+    ledger only). A run of another host whose flow run is paused is left alone. Returns
+    the run ids marked here (a concurrent reconciliation may have marked the others)."""
+    marked = []
+    for run in gone_runs(ledger, prov.run_id, kind=kind, now=now):
+        reason = f"crashed: {run.reason}; found by run {prov.run_id or '(none)'}"
+        prefect = None
+        if run.flow_run_id and flow_runs is not None:
+            prefect = await flow_runs(run.flow_run_id, reason, leave_paused=not run.certain)
+            if prefect == "paused":
+                continue
+        details = {"last_seen": run.last_seen.isoformat(), "flow_run_id": run.flow_run_id, "prefect": prefect}
+        with ledger.transaction() as s:
+            if ledger.mark_crashed(s, run.run_id, reason, details):
+                ledger.audit(s, "run.crashed", "run", entity_id=run.run_id, prov=prov,
+                             payload={"reason": reason, **details})
+                marked.append(run.run_id)
+    return marked
 
 
 def _utc(t: datetime | None) -> pd.Timestamp:
@@ -217,11 +352,14 @@ def _adopt(ledger: Ledger, venue: str, namespace: str, order: Order, result: Ord
 
 
 async def reconcile(ledger: Ledger, broker: BaseBroker, *, namespace: str = "live", prefix: str = "tp",
-                    prov: Provenance | None = None) -> ReconcileReport:
+                    prov: Provenance | None = None,
+                    flow_runs: CrashFlowRun | None = crash_flow_run) -> ReconcileReport:
     """Bring the ledger up to date with ``broker`` (see the module docstring). Retryable
-    broker errors propagate (the task retries; the pass is idempotent)."""
+    broker errors propagate (the task retries; the pass is idempotent). ``flow_runs``
+    sets a crashed run's Prefect flow run to Crashed (None: the ledger only)."""
     prov = prov or Provenance()
     venue, report = broker.name, ReconcileReport()
+    report.crashed = await mark_crashed_runs(ledger, prov, flow_runs=flow_runs)
     for row in open_ledger_orders(ledger, venue, namespace):
         report.checked += 1
         result = await broker.get_order_by_client_id(row["client_order_id"], row["symbol"])

@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_URL", "RUN_KINDS", "RUN_STATUSES", "TABLES", "Ledger", "Prov
 
 DEFAULT_URL = "sqlite:///.tradpal/ledger.db"
 RUN_KINDS = frozenset({"replay", "live", "analytics"})
-RUN_STATUSES = frozenset({"running", "completed", "failed"})
+RUN_STATUSES = frozenset({"running", "completed", "failed", "crashed"})  # crashed: see mark_crashed
 TABLES = ("runs", "signals", "orders", "fills", "positions", "rejections", "audit_log", "breakers")
 
 # Keys per IN (...) list. SQLite allows 32766 bound parameters, psycopg 65535; one SELECT
@@ -260,7 +260,7 @@ class Ledger:
 
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any]) -> None:
         if status not in RUN_STATUSES - {"running"}:
-            raise ValueError(f"finish_run: status must be 'completed' or 'failed', got {status!r}")
+            raise ValueError(f"finish_run: status must be one of {sorted(RUN_STATUSES - {'running'})}, got {status!r}")
         with self.transaction() as s:
             res = _conn(s).execute(
                 update(_runs)
@@ -269,6 +269,19 @@ class Ledger:
             )
             if res.rowcount != 1:
                 raise ValueError(f"finish_run: no run {run_id!r}")
+
+    def mark_crashed(self, session: Session | Connection, run_id: str, reason: str,
+                     summary: dict[str, Any] | None = None) -> bool:
+        """A run whose process is gone without finishing it (found by a later run's
+        reconciliation): status ``crashed`` with ``reason`` (and ``summary``) in its summary,
+        finished at the time it was found. Only a run still ``running`` changes; returns
+        whether this call changed it (two reconciliations racing: one wins)."""
+        res = _conn(session).execute(
+            update(_runs)
+            .where(_runs.c.id == run_id, _runs.c.status == "running")
+            .values(status="crashed", finished_at=_now(), summary={**(summary or {}), "reason": reason})
+        )
+        return res.rowcount == 1
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         return self._one(select(_runs).where(_runs.c.id == run_id))
