@@ -270,6 +270,7 @@ class CcxtBroker(BaseBroker):
             f"{action} at {self.name}",
             secrets=(self._api_key, self._secret, self._password),
             is_duplicate=self.profile.is_duplicate,
+            is_busy=self.profile.is_busy,
         )
 
     def _build(self) -> Any:

@@ -12,9 +12,13 @@ first: the first row whose ccxt class matches, and whose condition holds, wins).
     DDoSProtection, RateLimitExceeded       ->  RateLimitError                yes
     RequestTimeout, ExchangeNotAvailable,
     NetworkError, OperationFailed           ->  BrokerConnectionError         yes
+    ExchangeError saying "busy" (‡)         ->  BrokerConnectionError         yes: look up first
     anything else ccxt raises               ->  BrokerError                   no
 
     (*) the venue profile's ``duplicate_markers``; Binance: "Duplicate order sent."
+    (‡) the venue profile's ``busy_markers``: a venue's own "server error, try again"
+        that ccxt raises as a plain ``ExchangeError`` (Bybit retCode 10016 "System error.
+        Please try again later.", HTTP 200): a 5xx in all but status, so retried as one.
     (†) ccxt raises a plain ``ExchangeError`` when the connection closes in the middle
         of an answer (aiohttp's ``ClientPayloadError``) and ``ExchangeNotAvailable`` when
         it closes before one: either way the request may have been executed.
@@ -77,18 +81,35 @@ class VenueBannedError(RateLimitError):
     banned_until: datetime | None = None
 
 
-Condition = Callable[[BaseException, Callable[[str], bool]], bool]
+def _never(_: str) -> bool:
+    return False
 
 
-def _says_duplicate(exc: BaseException, is_duplicate: Callable[[str], bool]) -> bool:
-    return is_duplicate(str(exc))
+@dataclass(frozen=True)
+class VenueWords:
+    """What the venue profile reads in a refusal's text: "this client id is already
+    used" (``is_duplicate``) and "server busy, try again" (``is_busy``)."""
+
+    is_duplicate: Callable[[str], bool] = _never
+    is_busy: Callable[[str], bool] = _never
 
 
-def _broke_in_transit(exc: BaseException, _: Callable[[str], bool]) -> bool:
+Condition = Callable[[BaseException, VenueWords], bool]
+
+
+def _says_duplicate(exc: BaseException, words: VenueWords) -> bool:
+    return words.is_duplicate(str(exc))
+
+
+def _says_busy(exc: BaseException, words: VenueWords) -> bool:
+    return words.is_busy(str(exc))
+
+
+def _broke_in_transit(exc: BaseException, _: VenueWords) -> bool:
     return isinstance(exc.__cause__, aiohttp.ClientError)
 
 
-def _says_banned(exc: BaseException, _: Callable[[str], bool]) -> bool:
+def _says_banned(exc: BaseException, _: VenueWords) -> bool:
     return _BANNED_UNTIL.search(str(exc)) is not None
 
 
@@ -123,6 +144,8 @@ ERROR_TABLE: tuple[Rule, ...] = (
     Rule(ccxt.ExchangeNotAvailable, BrokerConnectionError, hint=f"no answer; {_LOOK_UP}"),
     Rule(ccxt.NetworkError, BrokerConnectionError),
     Rule(ccxt.OperationFailed, BrokerConnectionError),
+    Rule(ccxt.ExchangeError, BrokerConnectionError, when=_says_busy,
+         hint=f"the venue says it is busy (a server error); {_LOOK_UP}"),
     Rule(ccxt.BaseError, BrokerError),
 )
 
@@ -136,10 +159,12 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
     return _SIGNATURE.sub(r"\g<1>" + REDACTED, text)
 
 
-def rule_for(exc: BaseException, is_duplicate: Callable[[str], bool] = lambda _: False) -> Rule | None:
+def rule_for(exc: BaseException, is_duplicate: Callable[[str], bool] = _never,
+             is_busy: Callable[[str], bool] = _never) -> Rule | None:
     """The first row of ``ERROR_TABLE`` that applies to ``exc`` (None: not a ccxt error)."""
+    words = VenueWords(is_duplicate, is_busy)
     for rule in ERROR_TABLE:
-        if isinstance(exc, rule.ccxt_error) and (rule.when is None or rule.when(exc, is_duplicate)):
+        if isinstance(exc, rule.ccxt_error) and (rule.when is None or rule.when(exc, words)):
             return rule
     return None
 
@@ -155,10 +180,11 @@ def translate(
     action: str,
     *,
     secrets: Iterable[str | None] = (),
-    is_duplicate: Callable[[str], bool] = lambda _: False,
+    is_duplicate: Callable[[str], bool] = _never,
+    is_busy: Callable[[str], bool] = _never,
 ) -> BrokerError:
     """The broker error for a ccxt exception raised while doing ``action``."""
-    rule = rule_for(exc, is_duplicate) or Rule(BaseException, BrokerError)
+    rule = rule_for(exc, is_duplicate, is_busy) or Rule(BaseException, BrokerError)
     secrets = tuple(secrets)
     venue_words = redact(str(exc), secrets) or type(exc).__name__
     parts = [redact(action, secrets), f"{type(exc).__name__}: {venue_words}"]
@@ -179,11 +205,12 @@ def mapped_errors(
     action: str,
     *,
     secrets: Iterable[str | None] = (),
-    is_duplicate: Callable[[str], bool] = lambda _: False,
+    is_duplicate: Callable[[str], bool] = _never,
+    is_busy: Callable[[str], bool] = _never,
 ) -> Iterator[None]:
     """Run the block; a ccxt exception leaves it as the broker error of ``ERROR_TABLE``
     (``raise ... from`` the original, whose text carries no credentials either)."""
     try:
         yield
     except ccxt.BaseError as exc:
-        raise translate(exc, action, secrets=secrets, is_duplicate=is_duplicate) from exc
+        raise translate(exc, action, secrets=secrets, is_duplicate=is_duplicate, is_busy=is_busy) from exc

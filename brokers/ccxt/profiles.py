@@ -34,6 +34,8 @@ class VenueProfile:
     lookup_param: str = ""  # fetch_order param to find an order by client id (default: the same)
     market_type: str = "spot"  # ccxt defaultType this profile trades
     duplicate_markers: tuple[str, ...] = ()  # refusal phrases meaning "client id already used"
+    # refusal phrases meaning "server busy, try again" where ccxt raises a plain ExchangeError
+    busy_markers: tuple[str, ...] = ()
     verified: bool = False
     notes: str = ""
     quote_currency: str = "USDT"  # default currency equity is valued in
@@ -65,6 +67,11 @@ class VenueProfile:
         """Whether a refusal's text says the client order id was already used."""
         lowered = message.lower()
         return any(marker.lower() in lowered for marker in self.duplicate_markers)
+
+    def is_busy(self, message: str) -> bool:
+        """Whether a refusal's text is the venue's "server error, try again" (retryable)."""
+        lowered = message.lower()
+        return any(marker.lower() in lowered for marker in self.busy_markers)
 
     def usdt_perpetuals(self, *, max_leverage: int, notes: str, **fields: Any) -> VenueProfile:
         """This venue's USDT-margined perpetual futures (ccxt ``swap``, linear): the same
@@ -139,6 +146,9 @@ BYBIT = _spot(
     client_order_id_param="orderLinkId",
     client_order_id_pattern=r"[A-Za-z0-9_-]{1,36}",
     duplicate_markers=("OrderLinkedID is duplicate", "orderLinkId is duplicate"),
+    # retCode 10016 "System error. Please try again later." / "Server error.": ccxt raises a
+    # plain ExchangeError; it is Bybit's 5xx (answered with HTTP 200)
+    busy_markers=('"retCode":10016', '"retCode": 10016'),
     acks_only=True,
     lookup_in_open_orders=True,
     verified=True,

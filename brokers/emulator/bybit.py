@@ -13,8 +13,8 @@ string (GET) or the JSON body (POST). Answers are ``{"retCode", "retMsg", "resul
 "retExtInfo", "time"}`` with HTTP 200, refusals included (retCode 10003 key, 10004
 signature, 10002 timestamp, 170131 balance, 170136 / 170140 / 170134 filters, 110072
 duplicate orderLinkId, 110001 unknown order, 10001 parameters); faults answer as Bybit's
-gateway does, 503 / 504 (status unknown) in plain text, and retCode 10006 (rate limit)
-and HTTP 403 (IP ban).
+gateway does, 503 / 504 (status unknown) in plain text, retCode 10006 (rate limit),
+HTTP 403 (IP ban) and retCode 10016 (server busy, HTTP 200).
 
 ``/v5/order/realtime`` answers the open orders, or, given ``orderId`` or
 ``orderLinkId``, that order whatever its state (as Bybit does for recent orders).
@@ -281,4 +281,5 @@ BYBIT_FAULTS = FaultAnswers(  # what Bybit's gateway answers (plain text), and i
     banned=lambda until_ms, retry_after_s: JSONResponse(
         {"retCode": 10018, "retMsg": f"access too frequent, IP banned until {until_ms}"}, status_code=403,
         headers={"Retry-After": str(retry_after_s)}),
+    busy=lambda: refused(10016, "System error. Please try again later."),
 )

@@ -11,6 +11,12 @@ Keys of ``engine.faults`` (set by the test or by ``POST /admin/faults``):
                         without reaching the engine: nothing is executed
     lose_next           the next N requests reach the engine, then answer "execution
                         status unknown" (Binance 503 -1007): an order may exist
+    busy_next           the next N requests answer the venue's own "server busy, try again"
+                        (Bybit: HTTP 200 retCode 10016 "System error. Please try again
+                        later."; Binance has none of its own: 503 -1001) without reaching
+                        the engine
+    busy_executes       with ``busy_next``: the request reaches the engine first, then
+                        answers busy (an order may exist)
     rate_limit_next     the next N requests answer 429 (Binance -1003) with Retry-After
     retry_after_s       that Retry-After, in seconds (default 1)
     ban_on_abuse_s      a request sent while a 429's Retry-After is still running bans
@@ -30,7 +36,7 @@ Keys of ``engine.faults`` (set by the test or by ``POST /admin/faults``):
                         ``"POST /api/v3/order"``; other requests pass (default: all)
 
 Counted faults are consumed one request at a time in the order fail, rate limit, lose,
-drop, drop mid-response. The keys are a stable interface (the reliability campaign sets
+drop, drop mid-response, busy. The keys are a stable interface (the reliability campaign sets
 them directly); new ones are only ever added.
 """
 
@@ -47,7 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from brokers.emulator.engine import Engine
 
-COUNTED = ("fail_next", "rate_limit_next", "lose_next", "drop_next", "drop_mid_response_next")
+COUNTED = ("fail_next", "rate_limit_next", "lose_next", "drop_next", "drop_mid_response_next", "busy_next")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class FaultAnswers:
     status_unknown: Callable[[], Response]  # executed or not: look it up
     rate_limited: Callable[[int], Response]  # Retry-After seconds
     banned: Callable[[int, int], Response]  # (banned until epoch ms, Retry-After seconds)
+    busy: Callable[[], Response] | None = None  # the venue's own "server error, try again" (None: unavailable)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,10 @@ class FaultMiddleware:
         if fault == "lose_next":
             await self.app(scope, receive, _discard)
             response = self.answers.status_unknown()
+        elif fault == "busy_next":
+            if self.engine.faults.get("busy_executes"):
+                await self.app(scope, receive, _discard)
+            response = (self.answers.busy or self.answers.unavailable)()
         elif fault == "fail_next":
             response = self.answers.unavailable()
         elif fault == "rate_limit_next":
