@@ -214,6 +214,7 @@ class ExecutionContext:
         self.open_orders: dict[str, OpenOrder] = {}
         self.brackets: dict[str, Any] = {}  # monitoring: risk.brackets.Bracket by entry client order id
         self.brackets_restored = False  # monitoring: open bracket legs taken over from the ledger
+        self.signal_brackets: dict[str, dict] = {}  # intake: a signal's own bracket levels, by signal id
         self.pending_signals: list[dict] = []  # signals the pipeline raised itself (a loss-limit flatten): run next
         self.raised_signal_ids: set[str] = set()  # every id ever queued there (never queued twice)
         self.generated_signal_ids = 0  # intake: ids given so far to signals that came without one

@@ -73,6 +73,11 @@ class SignalFrame(pa.DataFrameModel):
     limit_price: Series[float] = pa.Field(gt=0, nullable=True)
     stop_price: Series[float] = pa.Field(gt=0, nullable=True)
     reference_price: Series[float] = pa.Field(gt=0, nullable=True)
+    # the signal's own order and bracket settings (None / NaN / False: the configuration's)
+    time_in_force: Series[str] = pa.Field(isin=TIME_IN_FORCE, nullable=True)
+    stop_loss: Series[float] = pa.Field(gt=0, nullable=True)  # an absolute price
+    take_profit: Series[float] = pa.Field(gt=0, nullable=True)  # an absolute price
+    trailing_stop: Series[bool]
     received_at: Series[UTC]
 
     class Config:

@@ -42,17 +42,33 @@ def _normalise(raw: pd.DataFrame, ctx: ExecutionContext) -> pd.DataFrame:
         "strategy": text("strategy", ctx.default_strategy),
         "order_type": [v.strip().lower() for v in text("order_type", "market")],
     }
-    for col in ("quantity", "limit_price", "stop_price", "reference_price"):
+    for col in ("quantity", "limit_price", "stop_price", "reference_price", "stop_loss", "take_profit"):
         cols[col] = (pd.to_numeric(raw[col].to_numpy(), errors="coerce").astype("float64") if col in raw
                      else np.full(n, np.nan))
+    tif = values("time_in_force")
+    cols["time_in_force"] = [None] * n if tif is None else [None if _missing(v) else str(v).strip().upper()
+                                                            for v in tif]
+    trailing = values("trailing_stop")
+    cols["trailing_stop"] = np.zeros(n, dtype=bool) if trailing is None else np.array(
+        [_truthy(v) for v in trailing], dtype=bool)
     now = ctx.clock.now()
     received = _utc(raw["received_at"].to_numpy()) if "received_at" in raw else None
     cols["received_at"] = (pd.DatetimeIndex([now] * n, dtype="datetime64[ns, UTC]") if received is None
                            else received.fillna(now))  # unknown: now
     frame = pd.DataFrame(cols, index=pd.RangeIndex(n))
     if n == 0:  # empty lists come out float64
-        frame = frame.astype({c: object for c in ("signal_id", "symbol", "side", "strategy", "order_type")})
+        frame = frame.astype({c: object for c in ("signal_id", "symbol", "side", "strategy", "order_type",
+                                                  "time_in_force")})
     return frame
+
+
+def _truthy(v: object) -> bool:
+    """A flag as JSON, CSV or Python give it: true/1/yes (any case) is True; missing is False."""
+    if _missing(v):
+        return False
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "yes", "y")
+    return bool(v)
 
 
 def _missing(v: object) -> bool:
@@ -64,8 +80,8 @@ def _utc(values: np.ndarray) -> pd.DatetimeIndex:
         "datetime64[ns, UTC]")
 
 
-def _fill_reference_prices(df: pd.DataFrame, ctx: ExecutionContext) -> None:
-    missing = df["reference_price"].isna()
+def _fill_reference_prices(df: pd.DataFrame, ctx: ExecutionContext, keep: np.ndarray | None = None) -> None:
+    missing = df["reference_price"].isna() & (True if keep is None else keep) & df["timestamp"].notna()
     if not missing.any():
         return
     ts = df["timestamp"].to_numpy("datetime64[ns]").view("int64")
@@ -90,21 +106,89 @@ def intake_signals(raw: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
                 for p in bad_ts.nonzero()[0]]
     # no quantity at all is not malformed: sizing decides (method 'signal' rejects it there)
     problems += [p for p in check_signal_rows(df) if not (p[1] == "quantity" and no_qty[p[0]])]
+    problems += _order_problems(raw, df)
     for pos, col, why in sorted(problems, key=lambda p: p[0]):
         if reasons.iat[pos] is None:
             reasons.iat[pos] = f"{col}: {why}"
     dup = df["signal_id"].duplicated() & reasons.isna()
     reasons[dup] = "duplicate signal_id in this batch"
+    _fill_reference_prices(df, ctx, reasons.isna().to_numpy())
+    for pos, col, why in _level_problems(df, reasons, ctx):
+        reasons.iat[pos] = f"{col}: {why}"
     good = df.loc[reasons.isna()].reset_index(drop=True)
-    _fill_reference_prices(good, ctx)
     # the ledger claim: whoever inserts a signal id first owns it (another run, another worker)
     taken = ctx.recorder.claim_signals(good[COLUMNS], _provenance(ctx))
     again = df["signal_id"].isin(taken) & reasons.isna()
     reasons[again] = "signal already received (re-delivery ignored; see its first record in the ledger)"
     good = good[~good["signal_id"].isin(taken)].reset_index(drop=True)
+    _record_levels(good, ctx)
     bad = reasons.notna().to_numpy()
     rejected = rejections(df.loc[bad, "signal_id"], reasons[bad])
     return StepResult(good[COLUMNS], rejected)
+
+
+def _order_problems(raw: pd.DataFrame, df: pd.DataFrame) -> list[tuple[int, str, str]]:
+    """The signal's own time in force and bracket levels, as given: known values, numbers."""
+    from tasks.contracts import TIME_IN_FORCE
+
+    out = []
+    for pos in np.flatnonzero(~df["time_in_force"].isin([None, *TIME_IN_FORCE]).to_numpy()):
+        out.append((int(pos), "time_in_force", f"unknown time_in_force {raw['time_in_force'].iat[pos]!r} "
+                                               f"(expected {', '.join(TIME_IN_FORCE)})"))
+    for col in ("stop_loss", "take_profit"):
+        if col in raw:
+            given = raw[col].notna().to_numpy() if hasattr(raw[col], "notna") else np.ones(len(df), dtype=bool)
+            v = df[col].to_numpy()
+            bad = (given & np.isnan(v)) | ~(np.isnan(v) | ((v > 0) & np.isfinite(v)))
+            out += [(int(p), col, f"{col} must be a price > 0, got {_plain(raw[col].iat[p])!r}")
+                    for p in np.flatnonzero(bad)]
+    return out
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _level_problems(df: pd.DataFrame, reasons: pd.Series, ctx: ExecutionContext) -> list[tuple[int, str, str]]:
+    """A signal's own bracket levels against its side and reference price (`risk.brackets`)."""
+    from risk.brackets import signal_level_problem
+
+    carry = (df["stop_loss"].notna() | df["take_profit"].notna() | df["trailing_stop"]).to_numpy() \
+        & reasons.isna().to_numpy()
+    if not carry.any():
+        return []
+    risk = ctx.config.risk
+    out = []
+    for pos in np.flatnonzero(carry):
+        r = df.iloc[pos]
+        rule = risk.brackets.rule_for(r["strategy"]) if risk is not None else None
+        ref = r["reference_price"]
+        problem = signal_level_problem(r["side"], None if ref != ref else float(ref), r["stop_loss"],
+                                       r["take_profit"], bool(r["trailing_stop"]), rule)
+        if problem is not None:
+            out.append((int(pos), *problem))
+    return out
+
+
+def _record_levels(good: pd.DataFrame, ctx: ExecutionContext) -> None:
+    """Signals that carry their own bracket levels: kept in ``ctx.signal_brackets`` for the
+    monitoring step and recorded in the audit log (``bracket.requested``), where a
+    restarted process finds them again."""
+    from risk.brackets import signal_spec
+
+    carry = (good["stop_loss"].notna() | good["take_profit"].notna() | good["trailing_stop"]).to_numpy()
+    if not carry.any():
+        return
+    rows = []
+    for r in good.loc[carry].to_dict("records"):
+        spec = signal_spec(r["stop_loss"], r["take_profit"], r["trailing_stop"])
+        ctx.signal_brackets[r["signal_id"]] = spec
+        rows.append({"event": "bracket.requested", "entity": "signal", "entity_id": r["signal_id"],
+                     "payload": {**spec, "namespace": ctx.namespace, "source": "signal"}})
+    ledger = getattr(ctx.recorder, "ledger", None)
+    if ledger is not None:
+        with ledger.transaction() as s:
+            ledger.audit_many(s, rows, prov=_provenance(ctx))
 
 
 def _provenance(ctx: ExecutionContext):

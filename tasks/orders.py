@@ -1,5 +1,7 @@
 """Step 3 — order creation: one order per sized signal, with a deterministic client
-order id derived from the signal id, rounded to the venue's lot and tick sizes."""
+order id derived from the signal id, rounded to the venue's lot and tick sizes. Its time
+in force is the signal's own (``time_in_force``: GTC, IOC, FOK) when it carries one, else
+the configuration's (`PipelineConfig.time_in_force`)."""
 
 from __future__ import annotations
 
@@ -50,7 +52,10 @@ def create_orders(sized: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
         "quantity": sized["quantity"].to_numpy("float64"),
         "price": sized["limit_price"].to_numpy("float64"),
         "stop_price": sized["stop_price"].to_numpy("float64"),
-        "time_in_force": cfg.time_in_force,
+        # the signal's own time in force, else the configuration's
+        "time_in_force": (sized["time_in_force"].astype(object).where(sized["time_in_force"].notna(),
+                                                                       cfg.time_in_force)
+                          if "time_in_force" in sized else cfg.time_in_force),
         "reference_price": sized["reference_price"].to_numpy("float64"),
         "strategy": sized["strategy"],
         "signal_time": sized["timestamp"],

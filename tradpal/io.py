@@ -16,7 +16,8 @@ from tradpal.errors import InputError
 
 OHLCV_COLUMNS = ["timestamp", "open", "high", "low", "close", "volume"]
 SIGNAL_REQUIRED = ["timestamp", "symbol", "side", "quantity"]
-SIGNAL_OPTIONAL = ["signal_id", "strategy", "order_type", "limit_price", "stop_price", "reference_price"]
+SIGNAL_OPTIONAL = ["signal_id", "strategy", "order_type", "limit_price", "stop_price", "reference_price",
+                   "time_in_force", "stop_loss", "take_profit", "trailing_stop"]  # the last four: tasks.intake
 ORDER_TYPES = {"market", "limit", "stop", "stop_limit"}
 SYMBOL_RE = re.compile(r"[A-Za-z0-9._-]+/[A-Za-z0-9._-]+(:[A-Za-z0-9]+)?")
 SMALL = 64  # rows: below this, `check_signal_rows` checks typed rows in plain Python
@@ -130,7 +131,7 @@ def load_signals(path: str | Path, *, default_symbol: str | None = None) -> pd.D
     df = df.reset_index(drop=True)
     df["timestamp"] = parse_timestamps(df["timestamp"], p)
     parse_numbers(df, p, ["quantity"], required=True)
-    parse_numbers(df, p, ["limit_price", "stop_price", "reference_price"], required=False)
+    parse_numbers(df, p, ["limit_price", "stop_price", "reference_price", "stop_loss", "take_profit"], required=False)
     problems = check_signal_rows(df)
     if problems:
         row, col, why = problems[0]

@@ -28,6 +28,10 @@ def add_parsers(sub) -> None:
     sm.add_argument("--order-type", help="market (default), limit, stop, stop_limit")
     sm.add_argument("--limit-price", type=_float)
     sm.add_argument("--stop-price", type=_float)
+    sm.add_argument("--time-in-force", help="GTC, IOC or FOK (default: the configuration's, GTC)")
+    sm.add_argument("--stop-loss", type=_float, help="this entry's protective stop (absolute price, below a buy's)")
+    sm.add_argument("--take-profit", type=_float, help="this entry's target (absolute price, above a buy's)")
+    sm.add_argument("--trailing-stop", action="store_true", help="the stop trails the highest price since the fill")
 
     i = sub.add_parser("intake", help="HTTP intake: POST /signals emits tradpal.signal.received per signal")
     i.add_argument("--port", type=int, required=True, help="port to listen on (0: a free one)")
@@ -44,7 +48,9 @@ def cmd_signal(args) -> int:
 
     signal_id = submit_signal(args.symbol, args.side, args.quantity, strategy=args.strategy, price=args.price,
                               signal_id=args.signal_id, order_type=args.order_type, limit_price=args.limit_price,
-                              stop_price=args.stop_price)
+                              stop_price=args.stop_price, time_in_force=args.time_in_force,
+                              stop_loss=args.stop_loss, take_profit=args.take_profit,
+                              trailing_stop=args.trailing_stop)
     print(signal_id)
     return 0
 

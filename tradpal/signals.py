@@ -27,8 +27,10 @@ from tradpal.io import check_signal_rows
 EVENT = "tradpal.signal.received"
 RESOURCE_PREFIX = "tradpal.signal."
 REQUIRED = ("symbol", "side", "quantity")
-OPTIONAL = ("signal_id", "timestamp", "strategy", "order_type", "limit_price", "stop_price", "reference_price")
-NUMBERS = ("quantity", "limit_price", "stop_price", "reference_price")
+OPTIONAL = ("signal_id", "timestamp", "strategy", "order_type", "limit_price", "stop_price", "reference_price",
+            "time_in_force", "stop_loss", "take_profit", "trailing_stop")
+NUMBERS = ("quantity", "limit_price", "stop_price", "reference_price", "stop_loss", "take_profit")
+TIME_IN_FORCE = ("GTC", "IOC", "FOK")
 
 
 def new_signal_id() -> str:
@@ -40,7 +42,10 @@ def validate_signal(raw: Any, *, where: str = "signal") -> dict[str, Any]:
 
     Required: symbol, side, quantity. Optional: signal_id (generated if absent), timestamp
     (ISO-8601 or epoch ms; default now, UTC), strategy, order_type (default market),
-    limit_price, stop_price, reference_price. Unknown fields are refused."""
+    limit_price, stop_price, reference_price, time_in_force (GTC, IOC or FOK; default the
+    configuration's), and the entry's own bracket: stop_loss and take_profit (absolute
+    prices; a buy's stop below, its target above the reference price when one is given)
+    and trailing_stop (true/false). Unknown fields are refused."""
     if not isinstance(raw, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(REQUIRED) - set(OPTIONAL))
@@ -53,16 +58,35 @@ def validate_signal(raw: Any, *, where: str = "signal") -> dict[str, Any]:
     for key in NUMBERS:
         if key in sig and (isinstance(sig[key], bool) or not isinstance(sig[key], int | float | str)):
             raise InputError(f"{where}, field {key!r}: must be a number, got {sig[key]!r}")
-    for key in ("signal_id", "strategy", "symbol", "side", "order_type"):
+    for key in ("signal_id", "strategy", "symbol", "side", "order_type", "time_in_force"):
         if key in sig and not isinstance(sig[key], str):
             raise InputError(f"{where}, field {key!r}: must be a string, got {sig[key]!r}")
+    if "time_in_force" in sig and sig["time_in_force"].strip().upper() not in TIME_IN_FORCE:
+        raise InputError(f"{where}, field 'time_in_force': unknown {sig['time_in_force']!r} "
+                         f"(expected {', '.join(TIME_IN_FORCE)})")
+    if "trailing_stop" in sig and not isinstance(sig["trailing_stop"], bool):
+        raise InputError(f"{where}, field 'trailing_stop': must be true or false, got {sig['trailing_stop']!r}")
     sig["timestamp"] = _timestamp(sig.get("timestamp"), where)
     row = pd.DataFrame([{"signal_id": new_signal_id(), **sig}])
     problems = check_signal_rows(row)  # the intake step's own rules
     if problems:
         _, col, why = problems[0]
         raise InputError(f"{where}, field {col!r}: {why}")
-    return _normalised(sig)
+    out = _normalised(sig, where)
+    _check_levels(out, where)
+    return out
+
+
+def _check_levels(sig: dict[str, Any], where: str) -> None:
+    """The bracket levels against the side and (when given) the reference price; the
+    intake step checks them again with the reference it fills in from the market."""
+    from risk.brackets import signal_level_problem
+
+    problem = signal_level_problem(sig["side"], sig.get("reference_price"), sig.get("stop_loss"),
+                                   sig.get("take_profit"), sig.get("trailing_stop", False),
+                                   rule_known=False)  # a trailing stop may rely on the strategy's stop
+    if problem is not None:
+        raise InputError(f"{where}, field {problem[0]!r}: {problem[1]}")
 
 
 def _timestamp(value: Any, where: str) -> str:
@@ -81,7 +105,7 @@ def _timestamp(value: Any, where: str) -> str:
     return ts.isoformat()
 
 
-def _normalised(sig: dict[str, Any]) -> dict[str, Any]:
+def _normalised(sig: dict[str, Any], where: str = "signal") -> dict[str, Any]:
     out: dict[str, Any] = {
         "signal_id": str(sig.get("signal_id") or new_signal_id()).strip(),
         "timestamp": sig["timestamp"],
@@ -92,12 +116,19 @@ def _normalised(sig: dict[str, Any]) -> dict[str, Any]:
     }
     if sig.get("strategy"):
         out["strategy"] = sig["strategy"].strip()
-    for key in ("limit_price", "stop_price", "reference_price"):
+    for key in ("limit_price", "stop_price", "reference_price", "stop_loss", "take_profit"):
         if key in sig:
-            out[key] = float(sig[key])
+            try:
+                out[key] = float(sig[key])
+            except ValueError:
+                raise InputError(f"{where}, field {key!r}: must be a number, got {sig[key]!r}") from None
+    if "time_in_force" in sig:
+        out["time_in_force"] = sig["time_in_force"].strip().upper()
+    if sig.get("trailing_stop"):
+        out["trailing_stop"] = True
     if not all(math.isfinite(v) for k, v in out.items() if k in NUMBERS):
         bad = next(k for k, v in out.items() if k in NUMBERS and not math.isfinite(v))
-        raise InputError(f"signal, field {bad!r}: must be a finite number")
+        raise InputError(f"{where}, field {bad!r}: must be a finite number")
     return out
 
 
@@ -157,13 +188,17 @@ def flush_events(timeout: float = 10.0) -> None:
 
 def submit_signal(symbol: str, side: str, quantity: float, strategy: str | None = None, price: float | None = None,
                   signal_id: str | None = None, *, timestamp: Any = None, order_type: str | None = None,
-                  limit_price: float | None = None, stop_price: float | None = None, flush: bool = True) -> str:
+                  limit_price: float | None = None, stop_price: float | None = None,
+                  time_in_force: str | None = None, stop_loss: float | None = None, take_profit: float | None = None,
+                  trailing_stop: bool = False, flush: bool = True) -> str:
     """Validate one signal and emit ``tradpal.signal.received``; returns the signal id.
     ``price`` is the reference price (for sizing, checks and slippage). Bad input raises
     `InputError` (one line) and emits nothing."""
     signal = validate_signal({"symbol": symbol, "side": side, "quantity": quantity, "strategy": strategy,
                               "reference_price": price, "signal_id": signal_id, "timestamp": timestamp,
-                              "order_type": order_type, "limit_price": limit_price, "stop_price": stop_price})
+                              "order_type": order_type, "limit_price": limit_price, "stop_price": stop_price,
+                              "time_in_force": time_in_force, "stop_loss": stop_loss, "take_profit": take_profit,
+                              "trailing_stop": trailing_stop or None})
     emit_signal(signal)
     if flush:
         flush_events()
