@@ -190,6 +190,7 @@ class Bracket:
     watched_ns: int = 0  # emulated trailing in a replay: bars up to here are in the high water
     sources: dict[str, str] = field(default_factory=dict)  # leg -> "signal" / "strategy" (audit)
     entry_filled: float = 0.0  # emulated: the entry's filled quantity the legs protect so far
+    entry_done: bool = False  # emulated: the entry has ended and what it filled is protected
 
     def leg_of(self, client_order_id: str) -> int | None:
         return next((n for n, c in self.legs.items() if c == client_order_id), None)
