@@ -80,7 +80,7 @@ def _one(ledger, namespace: str, signal_id: str, with_prefect: bool) -> str:
     lines = [f"signal {signal_id} [{namespace}]"]
     if s:
         lines.append(f"  {s['timestamp']} {s['side']} {s['quantity']} {s['symbol']} strategy={s['strategy']} "
-                     f"received {s['received_at']} (run {s['run_id']})")
+                     f"received {s['received_at']} (run {s['run_id']}{_run_status(ledger, s['run_id'])})")
     lines.append("prefect runs:")
     for rid in sorted(flows | tasks):
         info = runs.get(rid)
@@ -102,4 +102,37 @@ def _one(ledger, namespace: str, signal_id: str, with_prefect: bool) -> str:
         lines.append(f"fill {f['trade_id']} {f['timestamp']} {f['quantity']} @ {f['price']} fee {f['fee']}")
     for r in lin["rejections"]:
         lines.append(f"rejected at {r['step']}: {r['reason']}")
+    return "\n".join(lines)
+
+
+def _run_status(ledger, run_id: str | None) -> str:
+    """``, <status>`` of the run (``, crashed: <why>`` for a crashed one), or nothing."""
+    run = ledger.get_run(run_id) if run_id else None
+    if run is None:
+        return ""
+    reason = (run["summary"] or {}).get("reason") if run["status"] == "crashed" else None
+    return f", {reason or run['status']}"
+
+
+def runs_text(ledger, *, limit: int = 20, status: str | None = None) -> str:
+    """`tradpal runs`: the latest ``limit`` runs of the ledger (oldest first), each with its
+    kind, status, times and Prefect flow run; a crashed run with the reason it was marked."""
+    import pandas as pd
+
+    runs = ledger.frame("runs")
+    if status:
+        runs = runs[runs["status"] == status]
+    runs = runs.tail(limit)
+    if runs.empty:
+        return f"no {status + ' ' if status else ''}runs in ledger {ledger.url}"
+    lines = []
+    for r in runs.itertuples():
+        end = f" → {r.finished_at}" if pd.notna(r.finished_at) else ""
+        flow = f" flow_run={r.flow_run_id}" if r.flow_run_id else ""
+        lines.append(f"{r.id} {r.kind:<9} {r.status:<9} {r.started_at}{end}{flow}")
+        if r.status in ("crashed", "failed"):
+            summary = r.summary if isinstance(r.summary, dict) else {}
+            why = summary.get("reason") or summary.get("error")
+            if why:
+                lines.append(f"    {why}" + (f" (Prefect: {summary['prefect']})" if summary.get("prefect") else ""))
     return "\n".join(lines)

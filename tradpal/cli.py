@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--namespace", help="live, or replay:RUN_ID (default: every namespace holding the id)")
     au.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
 
+    ru = sub.add_parser("runs", help="the ledger's latest runs: kind, status (running, completed, failed, crashed)")
+    ru.add_argument("--status", choices=["running", "completed", "failed", "crashed"], help="only runs of this status")
+    ru.add_argument("--limit", type=_number(int), default=20, help="how many of the latest runs (default 20)")
+    ru.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
+
     rk = sub.add_parser("risk", help="risk configuration: print an example, or check a file")
     rk_sub = rk.add_subparsers(dest="risk_command", required=True, metavar="ACTION", parser_class=_Parser)
     rk_sub.add_parser("example", help="print a complete, commented example configuration")
@@ -502,6 +507,17 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    from tradpal.audit import runs_text
+    from tradpal.config import load_settings
+    from tradpal.ledger import Ledger
+
+    if args.limit < 1:
+        raise InputError(f"--limit: must be at least 1, got {args.limit}")
+    print(runs_text(Ledger(args.database_url or load_settings().ledger_url()), limit=args.limit, status=args.status))
+    return 0
+
+
 def cmd_signal(args) -> int:
     from tradpal.signal_cli import cmd_signal as run
 
@@ -515,7 +531,7 @@ def cmd_intake(args) -> int:
     return run(args)
 
 
-COMMANDS = {"signal": cmd_signal, "intake": cmd_intake, "audit": cmd_audit, "risk": cmd_risk, "replay": cmd_replay, "sweep": cmd_sweep, "demo": cmd_demo, "analytics": cmd_analytics, "live": cmd_live,
+COMMANDS = {"signal": cmd_signal, "intake": cmd_intake, "audit": cmd_audit, "runs": cmd_runs, "risk": cmd_risk, "replay": cmd_replay, "sweep": cmd_sweep, "demo": cmd_demo, "analytics": cmd_analytics, "live": cmd_live,
             "exchange-emulator": cmd_exchange_emulator}
 
 

@@ -8,6 +8,9 @@ separate OS process that a test can SIGKILL.
   Prefect, pandas and ccxt once (~10 s here); every run is a fresh process, killed for
   real with SIGKILL, without paying those imports each time. ``exec_live`` runs the
   real ``.venv/bin/tradpal`` executable instead (the long campaign does some of those).
+* ``crash_rig``: both, one SQLite ledger and a work folder, for the crash tests (the
+  module-scoped ``rig`` fixture of tests/reliability/conftest.py); ``run_live`` starts one
+  live process of it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "data" / "sample" / "BITTREX_ETH-BTC_5m.csv"
+SYMBOL = "ETH/BTC"
+API_KEY = "crash-key-5c2e"
+SECRET = "crash-secret-never-printed-9d1f"
+BALANCES = {"BTC": "10", "ETH": "20"}
 TRADPAL = Path(sys.executable).with_name("tradpal")
 PRELOAD = ["pandas", "ccxt.async_support", "prefect", "flows.live_execution", "brokers.ccxt.broker", "tradpal.cli"]
 
@@ -108,3 +116,32 @@ def wait_exit(proc, timeout: float) -> int | None:
             return code
         time.sleep(0.05)
     return None
+
+
+def crash_rig(work: Path):
+    """The emulator process, the forkserver of live processes, one ledger, in ``work``
+    (under a running Prefect API); a generator: the emulator stops when it resumes."""
+    import pandas as pd
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    from tradpal.faults import CRASH_ENV
+
+    ohlcv = work / "bars.csv"
+    pd.read_csv(SAMPLE).head(200).to_csv(ohlcv, index=False)
+    emulator = start_emulator_process(ohlcv, API_KEY, SECRET, BALANCES)
+    env = {"TRADPAL_BROKER": "ccxt", "TRADPAL_EXCHANGE": "binance", "TRADPAL_EXCHANGE_URL": emulator.base_url,
+           "TRADPAL_API_KEY": API_KEY, "TRADPAL_API_SECRET": SECRET, CRASH_ENV: ""}
+    rig = {"work": work, "emulator": emulator, "env": env, "db": f"sqlite:///{work / 'ledger.db'}",
+           "procs": LiveProcesses(PREFECT_API_URL.value(), str(PREFECT_HOME.value())),
+           "api_url": PREFECT_API_URL.value(), "signals": set(), "totals": {}}
+    try:
+        yield rig
+    finally:
+        emulator.stop()
+
+
+def run_live(rig, argv, env, log, *, real_exec: bool):
+    """``tradpal ARGV`` against the rig's emulator: a forked Process, or the real executable."""
+    if real_exec:
+        return exec_live(argv, {**rig["env"], **env}, log, rig["api_url"])
+    return rig["procs"].start(argv, {**rig["env"], **env}, log)

@@ -21,6 +21,7 @@ def summarise(lines: list[dict]) -> dict:
         "crash_trials": len(crash), "crash_killed": sum(r["killed"] for r in crash),
         "crash_signals": sum(r["signals"] for r in crash), "crash_killed_at": dict(killed_at),
         "crash_final_outcomes": crash[-1]["outcomes_so_far"] if crash else {},
+        "crash_runs_marked_crashed": crash[-1].get("runs_crashed_so_far") if crash else None,
         "fault_runs": len(faults), "fault_runs_failed_then_restarted": sum(r["run_failed"] for r in faults),
         "fault_signals": sum(r["signals"] for r in faults), "fault_outcomes": dict(outcomes),
         "fault_errors": dict(Counter(f"{r['target']}:{r['error']}" for r in faults if r.get("error"))),

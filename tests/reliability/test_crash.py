@@ -3,7 +3,8 @@ killed with SIGKILL — at a named point (``TRADPAL_CRASH_AT``: between the exch
 acceptance and the ledger write, after a step's commit, ...) or at a random moment — then
 restarted with the same signals (re-delivered, as an at-least-once source would), and
 the restart's reconciliation must leave the three invariants holding against the
-exchange emulator's own order book. The emulator is its own process and never crashes.
+exchange emulator's own order book, and no run "running" (a killed one is "crashed", its
+Prefect flow run Crashed). The emulator is its own process and never crashes.
 
 One ledger and one emulator carry all trials of a session, so each trial's check also
 covers everything before it. `make test` runs a handful; `make chaos` sixty."""
@@ -13,22 +14,17 @@ from __future__ import annotations
 import json
 import random
 import time
-from pathlib import Path
+import uuid
 
 import pandas as pd
 import pytest
 
 from tests.reliability.invariants import admin, check, read_book
-from tests.reliability.live_process import LiveProcesses, exec_live, start_emulator_process, wait_exit
+from tests.reliability.live_process import API_KEY, SECRET, SYMBOL, run_live, wait_exit
 from tests.reliability.profile import CHAOS, CRASH_TRIALS, REPORT
 from tradpal.faults import CRASH_ENV
 from tradpal.ledger import Ledger
 
-SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "BITTREX_ETH-BTC_5m.csv"
-SYMBOL = "ETH/BTC"
-API_KEY = "crash-key-5c2e"
-SECRET = "crash-secret-never-printed-9d1f"
-BALANCES = {"BTC": "10", "ETH": "20"}
 RUN_TIMEOUT_S = 90.0
 # reconciliation settles a signal left without an order by a dead process once it is this
 # old (tasks.reconcile.ORPHAN_AFTER_S): the supervisor's restart delay covers it
@@ -36,24 +32,6 @@ RESTART_DELAY_S = 2.0
 POINTS = ["placement.acked"] * 4 + ["placement.sent"] * 2 + [
     "intake.recorded", "sizing.recorded", "order_creation.recorded", "pre_checks.recorded",
     "placement.recorded", "monitoring.recorded", "positions.recorded"]
-
-
-@pytest.fixture(scope="module")
-def rig(prefect_api, tmp_path_factory):
-    """The emulator process, the forkserver of live processes, one ledger, a work folder."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
-
-    work = tmp_path_factory.mktemp("crash")
-    ohlcv = work / "bars.csv"
-    pd.read_csv(SAMPLE).head(200).to_csv(ohlcv, index=False)
-    emulator = start_emulator_process(ohlcv, API_KEY, SECRET, BALANCES)
-    env = {"TRADPAL_BROKER": "ccxt", "TRADPAL_EXCHANGE": "binance", "TRADPAL_EXCHANGE_URL": emulator.base_url,
-           "TRADPAL_API_KEY": API_KEY, "TRADPAL_API_SECRET": SECRET, CRASH_ENV: ""}
-    rig = {"work": work, "emulator": emulator, "env": env, "db": f"sqlite:///{work / 'ledger.db'}",
-           "procs": LiveProcesses(PREFECT_API_URL.value(), str(PREFECT_HOME.value())),
-           "api_url": PREFECT_API_URL.value(), "signals": set(), "totals": {}}
-    yield rig
-    emulator.stop()
 
 
 def trial_signals(trial: int, rng: random.Random) -> pd.DataFrame:
@@ -76,18 +54,12 @@ def plan(trial: int, rng: random.Random, n_signals: int) -> dict:
     return {"mode": "random", "after_s": round(rng.uniform(0.2, 2.5), 3)}
 
 
-def run_live(rig, argv, env, log, *, real_exec: bool):
-    if real_exec:
-        return exec_live(argv, {**rig["env"], **env}, log, rig["api_url"])
-    return rig["procs"].start(argv, {**rig["env"], **env}, log)
-
-
 def kill(proc) -> None:
     proc.kill()  # SIGKILL, for a Process and a Popen alike
 
 
 @pytest.mark.parametrize("trial", range(CRASH_TRIALS))
-def test_crash_restart_reconcile(rig, trial):
+def test_crash_restart_reconcile(rig, trial, prefect_client):
     rng = random.Random(1000 + trial)
     signals = trial_signals(trial, rng)
     path = rig["work"] / f"signals-{trial}.csv"
@@ -100,6 +72,7 @@ def test_crash_restart_reconcile(rig, trial):
     if trial % 7 == 3:  # the market moves between runs: fills at another price
         admin(rig["emulator"].base_url, "advance", {"bars": 1})
 
+    started = pd.Timestamp.now(tz="UTC")
     proc = run_live(rig, argv, {CRASH_ENV: how.get("crash_at", "")}, log, real_exec=real_exec)
     if how["mode"] == "random":
         code = wait_exit(proc, how["after_s"] + (8.0 if real_exec else 0.0))
@@ -119,9 +92,20 @@ def test_crash_restart_reconcile(rig, trial):
     assert code2 == 0, f"trial {trial}: the restart ended with {code2}\n{log.read_text()[-3000:]}"
 
     book = read_book(rig["emulator"].base_url, API_KEY, SECRET, [SYMBOL])
-    outcomes = check(Ledger(rig["db"]), book, expect_signals=rig["signals"])
+    ledger = Ledger(rig["db"])
+    outcomes = check(ledger, book, expect_signals=rig["signals"])
+    # no run stays "running" after the restart: a killed one is crashed, in Prefect too
+    runs = ledger.frame("runs")
+    assert "running" not in set(runs["status"]), runs[["id", "status", "params"]].to_string()
+    of_proc = pd.Series([(p or {}).get("pid") == proc.pid for p in runs["params"]], index=runs.index, dtype=bool)
+    mine = runs[of_proc & (runs["started_at"] >= started)]
+    for run in mine[mine["status"] == "crashed"].itertuples():  # a kill after the run finished leaves it so
+        assert killed, f"trial {trial}: run {run.id} crashed, but the process was not killed"
+        state = prefect_client(lambda c, fid=run.flow_run_id: c.read_flow_run(uuid.UUID(fid))).state
+        assert state.is_crashed() or (state.is_final() and run.summary["prefect"].startswith("already")), state
+    crashed = int((runs["status"] == "crashed").sum())
     figures = {"campaign": "crash", "trial": trial, **how, "killed": killed, "exec": real_exec,
-               "signals": len(signals), "outcomes_so_far": dict(outcomes)}
+               "signals": len(signals), "outcomes_so_far": dict(outcomes), "runs_crashed_so_far": crashed}
     for key in ("killed", "signals"):
         rig["totals"][key] = rig["totals"].get(key, 0) + int(figures[key])
     if REPORT:
