@@ -12,11 +12,16 @@ from tradpal.errors import InputError
 
 SECRET_ENV = "TRADPAL_EMULATOR_SECRET"
 DIALECTS = ("binance", "bybit")
+MARKET_TYPES = ("spot", "swap")
 
 
 def add_parser(sub) -> None:
     e = sub.add_parser("exchange-emulator", help="run the exchange emulator on 127.0.0.1 until Ctrl-C")
-    e.add_argument("--venue", default="binance", help="venue dialect: binance (spot) or bybit (v5 spot)")
+    e.add_argument("--venue", default="binance", help="venue dialect: binance or bybit (v5, unified account)")
+    e.add_argument("--market-type", default="spot", choices=MARKET_TYPES,
+                   help="spot (default), or swap: a USDT-margined perpetual futures account (Binance /fapi, "
+                        "Bybit category linear; symbols BASE/USDT, balance in USDT)")
+    e.add_argument("--leverage", type=int, help="swap: each symbol's leverage until set (default: the venue's)")
     e.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: a free one; default 8765)")
     e.add_argument("--api-key", required=True, help="the API key the emulator accepts")
     e.add_argument("--secret", help=f"the API secret it accepts (default: ${SECRET_ENV})")
@@ -56,8 +61,12 @@ def _options(args: argparse.Namespace) -> dict:
             balances[asset.upper()] = float(amount)
         except ValueError:
             raise InputError(f"--balance {asset}={amount}: not a number") from None
+    market_type = getattr(args, "market_type", "spot")
+    leverage = getattr(args, "leverage", None)
+    if leverage is not None and (market_type != "swap" or not 1 <= leverage <= 125):
+        raise InputError(f"--leverage {leverage}: needs --market-type swap and 1..125")
     return {"venue": args.venue, "port": args.port, "api_key": args.api_key, "secret": secret,
-            "bars": bars, "balances": balances,
+            "bars": bars, "balances": balances, "market_type": market_type, "default_leverage": leverage,
             "commission": "received" if args.venue == "bybit" else "quote"}  # as each venue charges spot fees
 
 
@@ -70,7 +79,8 @@ def cmd_exchange_emulator(args: argparse.Namespace, stop: threading.Event | None
         handle = serve(options.pop("venue"), **options)
     except (OSError, RuntimeError, ValueError) as exc:
         raise InputError(f"exchange-emulator: cannot start on 127.0.0.1:{args.port}: {exc}") from None
-    print(f"exchange emulator ({args.venue}) at {handle.base_url} — Ctrl-C to stop", flush=True)
+    kind = "" if options["market_type"] == "spot" else " USDT perpetuals"
+    print(f"exchange emulator ({args.venue}{kind}) at {handle.base_url} — Ctrl-C to stop", flush=True)
     print(f"  TRADPAL_BROKER=ccxt TRADPAL_EXCHANGE={args.venue} TRADPAL_EXCHANGE_URL={handle.base_url}", flush=True)
     try:
         (stop or threading.Event()).wait()

@@ -20,10 +20,14 @@ profile (``profiles.py``) and with ccxt's errors mapped once (``errors.py``).
   Fills (with the venue's trade ids) come from the order answer when it carries them
   (Binance FULL answers), else from the order's trades.
 * ``market_type="swap"`` trades a venue's USDT-margined perpetuals where its profile
-  has one (binance, bybit): ``Order.reduce_only`` travels as ccxt's ``reduceOnly`` and
-  ``leverage`` is set once per symbol before its first order. Not emulated, and the
-  rest of this adapter (balances as positions, below) is spot-shaped: futures are
-  usable through the adapter's calls, not yet through the pipeline.
+  has one (binance, bybit; symbols as ccxt names them, ``BTC/USDT:USDT``):
+  ``Order.reduce_only`` travels as ccxt's ``reduceOnly`` and ``leverage`` is set once per
+  symbol before its first order (a venue answering "already at that leverage" counts as
+  set). ``get_positions`` is then the venue's own positions (signed: a short is < 0,
+  at its entry price and mark); the quote balance is the wallet (deposits, realised
+  profit, fees: ccxt's margin balance less the unrealised profit where the profile says
+  ccxt reports that) and equity the wallet plus the positions' unrealised profit. Futures are usable through the adapter's calls; the pipeline's step 7 still
+  books spot-style (cash, not margin), so a futures live run is not wired yet.
 * A spot venue knows balances, not positions: ``get_positions`` reports each held base
   currency that trades against the quote currency, valued at the last price (the cost
   basis lives in our ledger, so ``average_price`` is that last price too).
@@ -98,6 +102,41 @@ def rebase_api_urls(api: Any, base_url: str) -> Any:
     if isinstance(api, Mapping):
         return {key: rebase_api_urls(value, base_url) for key, value in api.items()}
     return api
+
+
+def url_pairs(original: Any, rebased: Any) -> list[tuple[str, str]]:
+    """(rebased URL, original URL) for every URL in ccxt's ``urls['api']`` and its rebased
+    copy (``rebase_api_urls``), the longest rebased URL first."""
+    if isinstance(original, str) and isinstance(rebased, str):
+        return [(rebased, original)]
+    pairs: list[tuple[str, str]] = []
+    if isinstance(original, Mapping) and isinstance(rebased, Mapping):
+        for key, value in original.items():
+            pairs += url_pairs(value, rebased.get(key))
+    return sorted(pairs, key=lambda pair: len(pair[0]), reverse=True)
+
+
+def unrebase(url: str, pairs: Sequence[tuple[str, str]]) -> str:
+    """The venue's own URL for a rebased one (``url`` itself if none matches)."""
+    for rebased, original in pairs:
+        if url.startswith(rebased):
+            return original + url[len(rebased):]
+    return url
+
+
+def keep_error_tables(exchange: Any, pairs: Sequence[tuple[str, str]]) -> None:
+    """Some ccxt classes pick their error table by the venue's host (Binance: fapi's
+    -2022 "ReduceOnly Order is rejected." is an ``InvalidOrder`` only on a fapi host, a
+    plain ``ExchangeError`` elsewhere). With the API rebased (the emulator, a proxy), ask
+    with the URL the request would have had."""
+    by_url = getattr(exchange, "get_exceptions_by_url", None)
+    if by_url is None:
+        return
+
+    def get_exceptions_by_url(url: str | None, exact_or_broad: str) -> Any:
+        return by_url(unrebase(url, pairs) if url else url, exact_or_broad)
+
+    exchange.get_exceptions_by_url = get_exceptions_by_url
 
 
 def check_leverage(profile: VenueProfile, leverage: int | None) -> int | None:
@@ -292,7 +331,9 @@ class CcxtBroker(BaseBroker):
         if self.sandbox:
             exchange.set_sandbox_mode(True)
         if self.base_url:
-            exchange.urls["api"] = rebase_api_urls(exchange.urls["api"], self.base_url)
+            original = exchange.urls["api"]
+            exchange.urls["api"] = rebase_api_urls(original, self.base_url)
+            keep_error_tables(exchange, url_pairs(original, exchange.urls["api"]))
         if self._request_gate is not None:
             exchange.throttle = _gated(exchange.throttle, self._request_gate)
         return exchange
@@ -324,6 +365,12 @@ class CcxtBroker(BaseBroker):
         currency at the last prices (currencies without a market against it are left out
         of equity)."""
         totals, locked = await self._balances()
+        if self.profile.is_derivative:  # the wallet, plus what the open positions would realise
+            unrealized = sum(p.unrealized_pnl for p in await self._contract_positions())
+            if self.profile.balance_includes_unrealized and self.quote_currency in totals:
+                totals[self.quote_currency] -= unrealized
+            return AccountInfo(balances=totals, equity=totals.get(self.quote_currency, 0.0) + unrealized,
+                               quote_currency=self.quote_currency, locked=locked)
         prices = await self._prices(totals)
         equity = totals.get(self.quote_currency, 0.0) + sum(
             qty * prices[asset] for asset, qty in totals.items() if asset in prices
@@ -331,7 +378,10 @@ class CcxtBroker(BaseBroker):
         return AccountInfo(balances=totals, equity=equity, quote_currency=self.quote_currency, locked=locked)
 
     async def get_positions(self) -> list[Position]:
-        """Each held base currency with a market against the quote currency."""
+        """Each held base currency with a market against the quote currency (spot), or the
+        venue's open positions (derivatives)."""
+        if self.profile.is_derivative:
+            return await self._contract_positions()
         totals, _ = await self._balances()
         prices = await self._prices(totals)
         return [
@@ -358,9 +408,7 @@ class CcxtBroker(BaseBroker):
         kind, _ = ORDER_TYPES[order.order_type]
         params = order_params(self.profile, order, action=f"{action} at {self.name}")
         if self.leverage is not None and order.symbol not in self._leveraged:
-            with self._guard(f"set leverage {self.leverage}x on {order.symbol}"):
-                await exchange.set_leverage(self.leverage, order.symbol)
-            self._leveraged.add(order.symbol)
+            await self._set_leverage(order.symbol, self.leverage)
         try:
             with self._guard(action):
                 amount = float(exchange.amount_to_precision(order.symbol, order.quantity))
@@ -381,6 +429,17 @@ class CcxtBroker(BaseBroker):
         result = await self._result(raw, order.symbol, order)
         log.info("%s: placed %s -> %s %s", self.name, describe(order), result.order_id, result.status.value)
         return result
+
+    async def _set_leverage(self, symbol: str, leverage: int) -> None:
+        """Set ``symbol``'s leverage at the venue (once per symbol and connection)."""
+        try:
+            with self._guard(f"set leverage {leverage}x on {symbol}"):
+                await self.exchange.set_leverage(leverage, symbol)
+        except BrokerError as exc:
+            if not self.profile.is_leverage_unchanged(str(exc)):
+                raise
+        self._leveraged.add(symbol)
+        log.info("%s: leverage %dx on %s", self.name, leverage, symbol)
 
     async def cancel_order(self, order_id: str, symbol: str) -> OrderResult:
         """Cancel an open order: ``InvalidOrderError`` if it is no longer open,
@@ -474,6 +533,25 @@ class CcxtBroker(BaseBroker):
 
     # ------------------------------------------------------------------ helpers
 
+    async def _contract_positions(self) -> list[Position]:
+        """The venue's open positions: quantity in base units, negative when short."""
+        with self._guard("fetch positions"):
+            raws = await self.exchange.fetch_positions()
+        out = []
+        for raw in raws:
+            size = float(raw.get("contracts") or 0.0) * float(raw.get("contractSize") or 1.0)
+            if not size:
+                continue
+            mark = raw.get("markPrice")
+            out.append(Position(
+                symbol=str(raw["symbol"]),
+                quantity=-size if raw.get("side") == "short" else size,
+                average_price=float(raw.get("entryPrice") or 0.0),
+                market_price=float(mark) if mark else None,
+                realized_pnl=float(raw.get("realizedPnl") or 0.0),
+            ))
+        return sorted(out, key=lambda p: p.symbol)
+
     async def _balances(self) -> tuple[dict[str, float], dict[str, float]]:
         with self._guard("fetch balance"):
             balance = await self.exchange.fetch_balance()
@@ -565,6 +643,9 @@ class CcxtBroker(BaseBroker):
     async def _order_trades(self, order_id: str, symbol: str) -> list[dict[str, Any]]:
         with self._guard(f"fetch trades of order {order_id} on {symbol}"):
             if self.exchange.has.get("fetchOrderTrades"):
-                return list(await self.exchange.fetch_order_trades(order_id, symbol))
+                try:
+                    return list(await self.exchange.fetch_order_trades(order_id, symbol))
+                except ccxt_async.NotSupported:  # Binance: spot markets only
+                    pass
             trades = await self.exchange.fetch_my_trades(symbol)
         return [t for t in trades if str(t.get("order")) == order_id]

@@ -10,10 +10,9 @@ that carries the order's own client id), which client ids it accepts, which phra
 a refusal mean "you already sent this client id", and, for derivatives, the parameter
 that makes an order reduce-only and the highest leverage the adapter will set.
 ``verified`` says whether the profile has been driven end to end (real ccxt over HTTP
-against ``brokers.emulator``); the others are written from ccxt's source and the venues'
-documentation, and checked only as far as ccxt builds their requests offline
-(tests/brokers/ccxt/test_profiles.py). The emulator serves Binance spot only: no
-futures endpoint is emulated.
+against ``brokers.emulator``: Binance and Bybit, spot and USDT perpetuals); the others
+are written from ccxt's source and the venues' documentation, and checked only as far
+as ccxt builds their requests offline (tests/brokers/ccxt/test_profiles.py).
 """
 
 from __future__ import annotations
@@ -46,6 +45,11 @@ class VenueProfile:
     request_burst: int = 20
     reduce_only_param: str | None = None  # derivatives: create_order param for reduce-only
     max_leverage: int | None = None  # derivatives: the highest leverage the adapter sets
+    # derivatives: refusal phrases of set_leverage meaning "already at that leverage" (done)
+    leverage_unchanged_markers: tuple[str, ...] = ()
+    # derivatives: ccxt's balance total is the margin balance (wallet + unrealised profit),
+    # not the wallet (binance USDⓈ-M: marginBalance; bybit: walletBalance)
+    balance_includes_unrealized: bool = False
     acks_only: bool = False  # create / cancel answer with ids only: fetch the order after
     lookup_in_open_orders: bool = False  # find by client id with fetch_open_orders, not fetch_order
 
@@ -68,6 +72,11 @@ class VenueProfile:
         lowered = message.lower()
         return any(marker.lower() in lowered for marker in self.duplicate_markers)
 
+    def is_leverage_unchanged(self, message: str) -> bool:
+        """Whether a refusal of ``set_leverage`` says the leverage is already the one asked."""
+        lowered = message.lower()
+        return any(marker.lower() in lowered for marker in self.leverage_unchanged_markers)
+
     def is_busy(self, message: str) -> bool:
         """Whether a refusal's text is the venue's "server error, try again" (retryable)."""
         lowered = message.lower()
@@ -84,7 +93,7 @@ class VenueProfile:
                              "fetchMarkets": {"types": ["linear"]}}),
             reduce_only_param="reduceOnly",
             max_leverage=max_leverage,
-            verified=False,
+            verified=True,
             notes=notes,
             **fields,
         )
@@ -175,18 +184,21 @@ OKX = _spot(
 
 BINANCE_USDM = BINANCE.usdt_perpetuals(
     max_leverage=125,
+    balance_includes_unrealized=True,
     requests_per_second=20.0,  # 2400 request weight per minute on fapi
     request_burst=40,
     notes="USDⓈ-M perpetuals on fapi: newClientOrderId / origClientOrderId as on spot; reduceOnly is "
     "refused in hedge mode (dual side position): the account must be in one-way mode. Leverage is "
-    "per symbol (POST /fapi/v1/leverage). Not emulated.",
+    "per symbol (POST /fapi/v1/leverage). Emulated (brokers.emulator.binance_futures).",
 )
 
 BYBIT_LINEAR = BYBIT.usdt_perpetuals(
     max_leverage=100,
+    # set-leverage to the leverage already set is refused: 110043 "Set leverage not modified"
+    leverage_unchanged_markers=('"retCode":110043', "Set leverage not modified"),
     notes="USDT perpetuals (category linear) on the unified account: orderLinkId as on spot; "
     "reduceOnly for closing; leverage per symbol (POST /v5/position/set-leverage, buy and sell "
-    "alike). Not emulated.",
+    "alike). Emulated (brokers.emulator.bybit, category linear).",
 )
 
 PROFILES: Mapping[str, VenueProfile] = MappingProxyType(

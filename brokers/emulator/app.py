@@ -498,14 +498,22 @@ BINANCE_FAULTS = FaultAnswers(
 
 
 def create_app(engine: Engine, *, api_key: str, secret: str, venue: str = "binance") -> ASGIApp:
-    """The emulator's ASGI app speaking ``venue``'s dialect: ``binance`` (spot, ``/api/v3``)
-    or ``bybit`` (v5 spot, unified account: ``brokers.emulator.bybit``)."""
+    """The emulator's ASGI app speaking ``venue``'s dialect for the engine's market type:
+    ``binance`` (spot ``/api/v3``; over a ``FuturesEngine``, USDⓈ-M futures ``/fapi``:
+    ``brokers.emulator.binance_futures``) or ``bybit`` (v5, unified account, category
+    spot or linear: ``brokers.emulator.bybit``)."""
+    from brokers.emulator.binance_futures import BinanceFuturesDialect
     from brokers.emulator.bybit import BYBIT_FAULTS, BybitDialect
 
-    dialects: dict[str, tuple[type[Dialect], FaultAnswers]] = {
-        "binance": (BinanceDialect, BINANCE_FAULTS), "bybit": (BybitDialect, BYBIT_FAULTS)}
-    if venue not in dialects:
-        raise ValueError(f"the emulator speaks {' and '.join(dialects)}, not {venue!r}")
-    dialect, faults = dialects[venue]
+    market_type = getattr(engine, "market_type", "spot")
+    dialects: dict[tuple[str, str], tuple[type[Dialect], FaultAnswers]] = {
+        ("binance", "spot"): (BinanceDialect, BINANCE_FAULTS),
+        ("binance", "swap"): (BinanceFuturesDialect, BINANCE_FAULTS),
+        ("bybit", "spot"): (BybitDialect, BYBIT_FAULTS),
+        ("bybit", "swap"): (BybitDialect, BYBIT_FAULTS),
+    }
+    if (venue, market_type) not in dialects:
+        raise ValueError(f"the emulator speaks {' and '.join(sorted({v for v, _ in dialects}))}, not {venue!r}")
+    dialect, faults = dialects[(venue, market_type)]
     app = Starlette(routes=dialect(engine, api_key, secret).routes())
     return FaultMiddleware(app, engine, faults)

@@ -1,10 +1,17 @@
-"""The emulator's second dialect: enough of Bybit's v5 REST API (spot, unified trading
-account) for a stock ccxt ``bybit`` client, over the same ``Engine`` as Binance's.
+"""The emulator's second dialect: enough of Bybit's v5 REST API (unified trading
+account) for a stock ccxt ``bybit`` client, over the same engines as Binance's: category
+``spot`` over an ``Engine``, category ``linear`` (USDT perpetuals) over a
+``FuturesEngine``; one category per emulator, the other refused.
 
 Public:  GET  /v5/market/time, /v5/market/instruments-info, /v5/market/tickers
 Signed:  GET  /v5/account/wallet-balance, /v5/order/realtime, /v5/order/history,
-              /v5/execution/list
-         POST /v5/order/create, /v5/order/cancel
+              /v5/execution/list, /v5/position/list (linear)
+         POST /v5/order/create, /v5/order/cancel, /v5/position/set-leverage (linear)
+
+Linear: ``reduceOnly`` orders, one-way mode (``positionIdx`` 0), leverage per symbol
+(buy and sell alike; setting the leverage already set answers 110043 "Set leverage not
+modified", as Bybit does); refusals 110007 "ab not enough for new order" (margin) and
+110017 "Reduce-only rule not satisfied".
 
 Signed requests are checked as Bybit checks them: ``X-BAPI-API-KEY``,
 ``X-BAPI-TIMESTAMP`` within ``X-BAPI-RECV-WINDOW`` (default 5000 ms) and
@@ -37,8 +44,9 @@ from starlette.routing import Route
 
 from brokers.base.types import Side
 from brokers.emulator.dialect import Dialect, fmt
-from brokers.emulator.engine import EmOrder, Trade, VenueError, dec
+from brokers.emulator.engine import EmOrder, Engine, Trade, VenueError, dec
 from brokers.emulator.faults import FaultAnswers
+from brokers.emulator.futures import FuturesEngine
 
 DEFAULT_RECV_WINDOW = 5_000
 
@@ -47,6 +55,9 @@ _CODES: dict[int, tuple[int, str]] = {
     -1121: (10001, "params error: symbol invalid"),
     -2013: (110001, "Order does not exist."),
     -2011: (110001, "Order does not exist."),
+    -2019: (110007, "ab not enough for new order"),
+    -2022: (110017, "Reduce-only rule not satisfied"),
+    -4028: (10001, "params error: leverage invalid"),
 }
 _WORDS: dict[str, tuple[int, str]] = {
     "insufficient balance": (170131, "Insufficient balance."),
@@ -90,7 +101,11 @@ def order_status(order: EmOrder) -> str:
 
 
 class BybitDialect(Dialect):
-    """Routes and request checks of the Bybit v5 spot dialect (see the module docstring)."""
+    """Routes and request checks of the Bybit v5 dialect (see the module docstring)."""
+
+    @property
+    def category(self) -> str:
+        return "linear" if isinstance(self.engine, FuturesEngine) else "spot"
 
     def api_routes(self) -> list[Route]:
         public = [
@@ -106,6 +121,9 @@ class BybitDialect(Dialect):
             ("/v5/order/history", "GET", self.order_history),
             ("/v5/execution/list", "GET", self.executions),
         ]
+        if self.category == "linear":
+            signed += [("/v5/position/set-leverage", "POST", self.set_leverage),
+                       ("/v5/position/list", "GET", self.positions)]
         return self.route_table(public, signed, wrap=self._answered)
 
     def _answered(self, handler: Any) -> Any:
@@ -140,10 +158,26 @@ class BybitDialect(Dialect):
 
     def instruments(self, params: dict[str, Any]) -> dict[str, Any]:
         self._spot(params)
-        return {"category": "spot", "nextPageCursor": "", "list": [self._instrument(s) for s in self._symbols(params)]}
+        listed = [] if params.get("status") == "PreLaunch" else self._symbols(params)
+        return {"category": self.category, "nextPageCursor": "", "list": [self._instrument(s) for s in listed]}
 
     def _instrument(self, symbol: str) -> dict[str, Any]:
         spec = self.engine.specs[symbol]
+        if isinstance(self.engine, FuturesEngine):
+            return {"symbol": spec.venue_id, "contractType": "LinearPerpetual", "status": "Trading",
+                    "baseCoin": spec.base, "quoteCoin": spec.quote, "settleCoin": spec.quote,
+                    "launchTime": "1585526400000", "deliveryTime": "0", "priceScale": "2", "fundingInterval": 480,
+                    "leverageFilter": {"minLeverage": "1", "maxLeverage": str(self.engine.max_leverage),
+                                       "leverageStep": "0.01"},
+                    "priceFilter": {"minPrice": str(spec.min_price.normalize()),
+                                    "maxPrice": str(spec.max_price.normalize()),
+                                    "tickSize": str(spec.tick_size.normalize())},
+                    "lotSizeFilter": {"minOrderQty": str(spec.min_qty.normalize()),
+                                      "maxOrderQty": str(spec.max_qty.normalize()),
+                                      "maxMktOrderQty": str(spec.max_qty.normalize()),
+                                      "qtyStep": str(spec.step_size.normalize()),
+                                      "minNotionalValue": str(spec.min_notional.normalize())},
+                    "unifiedMarginTrade": True, "copyTrading": "none"}
         return {"symbol": spec.venue_id, "baseCoin": spec.base, "quoteCoin": spec.quote, "innovation": "0",
                 "status": "Trading", "marginTrading": "none",
                 "lotSizeFilter": {"basePrecision": str(spec.step_size.normalize()), "quotePrecision": "0.00000001",
@@ -154,7 +188,7 @@ class BybitDialect(Dialect):
 
     def tickers(self, params: dict[str, Any]) -> dict[str, Any]:
         self._spot(params)
-        return {"category": "spot", "list": [self._ticker(s) for s in self._symbols(params)]}
+        return {"category": self.category, "list": [self._ticker(s) for s in self._symbols(params)]}
 
     def _ticker(self, symbol: str) -> dict[str, Any]:
         bar, last = self.engine.bar(symbol), self.engine.price(symbol)
@@ -163,11 +197,22 @@ class BybitDialect(Dialect):
                 "ask1Price": fmt(last), "ask1Size": fmt(volume), "lastPrice": fmt(last), "prevPrice24h": fmt(opened),
                 "price24hPcnt": f"{(last - opened) / opened:.4f}" if opened else "0",
                 "highPrice24h": fmt(max(dec(bar.high), last)), "lowPrice24h": fmt(min(dec(bar.low), last)),
-                "turnover24h": fmt(volume * last), "volume24h": fmt(volume)}
+                "turnover24h": fmt(volume * last), "volume24h": fmt(volume),
+                **({"markPrice": fmt(last), "indexPrice": fmt(last), "fundingRate": "0", "openInterest": "0"}
+                   if self.category == "linear" else {})}
 
     # -- signed
 
     def wallet_balance(self, params: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(self.engine, FuturesEngine):  # margins, not locks
+            engine = self.engine
+            wallet = engine.wallet()
+            unrealized = sum((engine.unrealized(s) for s in engine.specs), Decimal(0))
+            coin = {"coin": engine.settle_asset, "walletBalance": fmt(wallet), "locked": "0",
+                    "equity": fmt(wallet + unrealized), "unrealisedPnl": fmt(unrealized),
+                    "totalOrderIM": fmt(engine.order_margin()), "totalPositionIM": fmt(engine.position_margin()),
+                    "borrowAmount": "0", "accruedInterest": "0"}
+            return {"list": [{"accountType": "UNIFIED", "coin": [coin]}]}
         coins = [{"coin": a, "walletBalance": fmt(free + locked), "locked": fmt(locked), "equity": fmt(free + locked),
                   "borrowAmount": "0", "accruedInterest": "0", "totalOrderIM": "0", "totalPositionIM": "0"}
                  for a, (free, locked) in self.engine.balances().items()]
@@ -182,9 +227,13 @@ class BybitDialect(Dialect):
         if params.get("marketUnit", "baseCoin") != "baseCoin":
             raise _Refusal(10001, "params error: only marketUnit baseCoin is emulated")
         link_id = str(params.get("orderLinkId") or f"emu-{self.engine.now_ms()}-{len(self.engine.orders)}")
+        reduce_only = str(params.get("reduceOnly", "false")).lower() == "true"
+        if reduce_only and self.category == "spot":
+            raise _Refusal(10001, "params error: reduceOnly is for derivatives")
         order = self.engine.place(symbol, side, kind, _decimal(params.get("qty")) or Decimal(0),
                                   client_order_id=link_id, price=_decimal(params.get("price")),
-                                  stop_price=trigger, tif=str(params.get("timeInForce") or "GTC").upper())
+                                  stop_price=trigger, tif=str(params.get("timeInForce") or "GTC").upper(),
+                                  reduce_only=reduce_only)
         return {"orderId": str(order.order_id), "orderLinkId": order.client_order_id}
 
     def cancel_order(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -198,18 +247,39 @@ class BybitDialect(Dialect):
             orders = [self.engine.find(symbol or "", **self._which(params))] if symbol else []
         else:
             orders = self.engine.open_orders(symbol)
-        return {"category": "spot", "nextPageCursor": "", "list": [self._order(o) for o in orders]}
+        return {"category": self.category, "nextPageCursor": "", "list": [self._order(o) for o in orders]}
 
     def order_history(self, params: dict[str, Any]) -> dict[str, Any]:
         symbol = self.symbol(params.get("symbol"))
         closed = [o for o in self.engine.orders.values() if o.symbol == symbol and not o.is_open]
-        return {"category": "spot", "nextPageCursor": "", "list": [self._order(o) for o in reversed(closed)]}
+        return {"category": self.category, "nextPageCursor": "", "list": [self._order(o) for o in reversed(closed)]}
 
     def executions(self, params: dict[str, Any]) -> dict[str, Any]:
         symbol = self.symbol(params.get("symbol"))
         order_id = int(params["orderId"]) if params.get("orderId") else None
         trades = self.engine.my_trades(symbol, order_id=order_id)
-        return {"category": "spot", "nextPageCursor": "", "list": [self._execution(t) for t in reversed(trades)]}
+        return {"category": self.category, "nextPageCursor": "", "list": [self._execution(t) for t in reversed(trades)]}
+
+    def set_leverage(self, params: dict[str, Any]) -> dict[str, Any]:
+        symbol = self.symbol(params.get("symbol"))
+        buy, sell = str(params.get("buyLeverage", "")), str(params.get("sellLeverage", ""))
+        if not buy or Decimal(buy) != Decimal(sell or "0") or Decimal(buy) != int(Decimal(buy)):
+            raise _Refusal(10001, "params error: buyLeverage and sellLeverage must be the same whole number")
+        engine = _futures(self.engine)
+        if int(Decimal(buy)) == engine.leverage(symbol):
+            raise _Refusal(110043, "Set leverage not modified")
+        engine.set_leverage(symbol, int(Decimal(buy)))
+        return {}
+
+    def positions(self, params: dict[str, Any]) -> dict[str, Any]:
+        engine = _futures(self.engine)
+        if params.get("symbol"):
+            symbols = [self.symbol(params["symbol"])]
+        elif params.get("settleCoin") in (None, engine.settle_asset):
+            symbols = list(engine.specs)
+        else:
+            symbols = []
+        return {"category": "linear", "nextPageCursor": "", "list": [self._position(s) for s in symbols]}
 
     # -- serialisers and helpers
 
@@ -226,7 +296,7 @@ class BybitDialect(Dialect):
                 "triggerPrice": fmt(order.stop_price) if order.stop_price is not None else "0",
                 "orderFilter": "StopOrder" if order.stop_price is not None else "Order",
                 "stopOrderType": "Stop" if order.stop_price is not None else "", "marketUnit": "baseCoin",
-                "rejectReason": "EC_NoError", "isLeverage": "0", "positionIdx": 0, "reduceOnly": False,
+                "rejectReason": "EC_NoError", "isLeverage": "0", "positionIdx": 0, "reduceOnly": order.reduce_only,
                 "createdTime": str(order.created_ms), "updatedTime": str(order.updated_ms)}
 
     def _execution(self, trade: Trade) -> dict[str, Any]:
@@ -238,15 +308,32 @@ class BybitDialect(Dialect):
                 "execPrice": fmt(trade.price), "execQty": fmt(trade.qty), "execValue": fmt(trade.quote_qty),
                 "execFee": fmt(trade.commission), "feeCurrency": trade.commission_asset, "execType": "Trade",
                 "feeRate": fmt(self.engine.maker_fee if trade.is_maker else self.engine.taker_fee),
-                "isMaker": trade.is_maker, "execTime": str(trade.time_ms), "seq": trade.trade_id}
+                "isMaker": trade.is_maker, "execTime": str(trade.time_ms), "seq": trade.trade_id,
+                "closedSize": "0", "execPnl": fmt(trade.realized_pnl)}
+
+    def _position(self, symbol: str) -> dict[str, Any]:
+        engine = _futures(self.engine)
+        pos, mark = engine.positions[symbol], engine.price(symbol)
+        side = "Buy" if pos.qty > 0 else "Sell" if pos.qty < 0 else ""
+        return {"positionIdx": 0, "riskId": 1, "riskLimitValue": "2000000", "symbol": engine.specs[symbol].venue_id,
+                "side": side, "size": fmt(abs(pos.qty)), "avgPrice": fmt(pos.entry),
+                "positionValue": fmt(abs(pos.qty) * pos.entry), "tradeMode": 0, "autoAddMargin": 0,
+                "positionStatus": "Normal", "leverage": str(engine.leverage(symbol)), "markPrice": fmt(mark),
+                "liqPrice": "", "bustPrice": "", "positionIM": fmt(pos.margin),
+                "positionMM": fmt(abs(pos.qty) * mark * Decimal("0.005")), "positionBalance": fmt(pos.margin),
+                "takeProfit": "0", "stopLoss": "0", "trailingStop": "0", "unrealisedPnl": fmt(engine.unrealized(symbol)),
+                "curRealisedPnl": fmt(pos.realized), "cumRealisedPnl": fmt(pos.realized), "adlRankIndicator": 0,
+                "isReduceOnly": False, "createdTime": str(pos.updated_ms), "updatedTime": str(pos.updated_ms),
+                "seq": pos.updated_ms}
 
     def _symbols(self, params: dict[str, Any]) -> list[str]:
         return [self.symbol(params["symbol"])] if params.get("symbol") else list(self.engine.specs)
 
-    @staticmethod
-    def _spot(params: dict[str, Any]) -> None:
-        if params.get("category", "spot") != "spot":
-            raise _Refusal(10001, f"params error: category {params.get('category')!r} is not emulated (spot only)")
+    def _spot(self, params: dict[str, Any]) -> None:
+        """Refuse a category other than the emulated one."""
+        if params.get("category", self.category) != self.category:
+            raise _Refusal(10001, f"params error: category {params.get('category')!r} is not emulated here "
+                                  f"({self.category} only)")
 
     @staticmethod
     def _which(params: dict[str, Any]) -> dict[str, Any]:
@@ -261,6 +348,12 @@ class _Refusal(VenueError):
 
     def __init__(self, code: int, msg: str) -> None:
         super().__init__(200, code, msg)
+
+
+def _futures(engine: Engine) -> FuturesEngine:
+    if not isinstance(engine, FuturesEngine):
+        raise _Refusal(10001, "params error: category spot has no positions")
+    return engine
 
 
 def _decimal(raw: Any) -> Decimal | None:

@@ -168,6 +168,7 @@ class Trade:
     commission_asset: str
     time_ms: int
     is_maker: bool
+    realized_pnl: Decimal = ZERO  # futures: the profit this trade realised closing a position
 
 
 @dataclass(eq=False)
@@ -191,6 +192,7 @@ class EmOrder:
     quote_executed: Decimal = ZERO
     triggered: bool = False
     updated_ms: int = 0
+    reduce_only: bool = False  # futures: may only reduce the position
     trades: list[Trade] = field(default_factory=list)
 
     @property
@@ -367,6 +369,7 @@ class Engine:
         price: Decimal | None = None,
         stop_price: Decimal | None = None,
         tif: str = "GTC",
+        reduce_only: bool = False,
     ) -> EmOrder:
         """Validate, reserve funds, record and match one order. Raises ``VenueError``
         (nothing recorded) when the venue refuses it."""
@@ -374,13 +377,15 @@ class Engine:
             spec = self.spec(symbol)
             current = self.price(symbol)
             self._validate(spec, side, kind, quantity, price, stop_price, tif, current)
+            self._check_reduce_only(symbol, side, quantity, reduce_only)
             if (symbol, client_order_id) in self._by_client_id and self._by_client_id[
                 (symbol, client_order_id)
             ].is_open:
                 raise bad_request(-2010, "Duplicate order sent.")
-            asset, reserve = self._reservation(spec, side, kind, quantity, price, stop_price, current)
+            asset, reserve = self._reservation(spec, side, kind, quantity, price, stop_price, current,
+                                               reduce_only=reduce_only)
             if self._free.get(asset, ZERO) < reserve:
-                raise bad_request(-2010, INSUFFICIENT)
+                raise self._insufficient()
             now = self.now_ms()
             order = EmOrder(
                 order_id=next(self._order_ids),
@@ -396,6 +401,7 @@ class Engine:
                 updated_ms=now,
                 reserve_asset=asset,
                 reserved=reserve,
+                reduce_only=reduce_only,
             )
             self._move(asset, reserve, to_locked=True)
             self.orders[order.order_id] = order
@@ -447,6 +453,8 @@ class Engine:
         price: Decimal | None,
         stop_price: Decimal | None,
         current: Decimal,
+        *,
+        reduce_only: bool = False,
     ) -> tuple[str, Decimal]:
         """What an order locks: the base it sells, or what the buy may cost (at its limit,
         else at the current price or the stop, plus the fee when paid in quote)."""
@@ -460,6 +468,15 @@ class Engine:
             ref = current
         fee = max(self.maker_fee, self.taker_fee) if self.commission == "quote" else ZERO
         return spec.quote, (quantity * ref * (1 + fee)).quantize(EIGHT)
+
+    def _check_reduce_only(self, symbol: str, side: Side, quantity: Decimal, reduce_only: bool) -> None:
+        """A spot market has no positions to reduce (``FuturesEngine`` checks them)."""
+        if reduce_only:
+            raise bad_request(-1106, "Parameter 'reduceOnly' sent when not required.")
+
+    def _insufficient(self) -> VenueError:
+        """The refusal of an order the account cannot pay for."""
+        return bad_request(-2010, INSUFFICIENT)
 
     def find(self, symbol: str, *, order_id: int | None = None, client_order_id: str | None = None) -> EmOrder:
         """The order by venue id or (latest) client id; ``VenueError`` -2013 if unknown."""
@@ -564,23 +581,7 @@ class Engine:
         return self.maker_fee if is_maker else self.taker_fee
 
     def _fill(self, order: EmOrder, qty: Decimal, price: Decimal, is_maker: bool) -> None:
-        spec = self.specs[order.symbol]
-        release = self._release_share(order, qty)
-        order.reserved -= release
-        self._move(order.reserve_asset, release, to_locked=False)
-        notional = (qty * price).quantize(EIGHT)
-        rate = self._fee_rate(is_maker)
-        if order.side is Side.BUY:
-            fee_asset = spec.quote if self.commission == "quote" else spec.base
-            fee = ((notional if fee_asset == spec.quote else qty) * rate).quantize(EIGHT)
-            self._free[spec.quote] = self._free.get(spec.quote, ZERO) - notional
-            self._free[spec.base] = self._free.get(spec.base, ZERO) + qty
-        else:
-            fee_asset = spec.quote
-            fee = (notional * rate).quantize(EIGHT)
-            self._free[spec.base] = self._free.get(spec.base, ZERO) - qty
-            self._free[spec.quote] = self._free.get(spec.quote, ZERO) + notional
-        self._free[fee_asset] -= fee
+        notional, fee, fee_asset, realized = self._settle(order, qty, price, is_maker)
         deficit = -self._free[order.reserve_asset]
         if deficit > 0:  # paid beyond its share: take it from the order's reservation
             take = min(deficit, order.reserved)
@@ -602,6 +603,7 @@ class Engine:
             commission_asset=fee_asset,
             time_ms=now,
             is_maker=is_maker,
+            realized_pnl=realized,
         )
         self.trades.append(trade)
         order.trades.append(trade)
@@ -612,6 +614,28 @@ class Engine:
             self._finish(order, "FILLED")
         else:
             order.status = "PARTIALLY_FILLED"
+
+    def _settle(self, order: EmOrder, qty: Decimal, price: Decimal, is_maker: bool
+                ) -> tuple[Decimal, Decimal, str, Decimal]:
+        """Move the money of one fill: (notional, fee, fee asset, realised profit)."""
+        spec = self.specs[order.symbol]
+        release = self._release_share(order, qty)
+        order.reserved -= release
+        self._move(order.reserve_asset, release, to_locked=False)
+        notional = (qty * price).quantize(EIGHT)
+        rate = self._fee_rate(is_maker)
+        if order.side is Side.BUY:
+            fee_asset = spec.quote if self.commission == "quote" else spec.base
+            fee = ((notional if fee_asset == spec.quote else qty) * rate).quantize(EIGHT)
+            self._free[spec.quote] = self._free.get(spec.quote, ZERO) - notional
+            self._free[spec.base] = self._free.get(spec.base, ZERO) + qty
+        else:
+            fee_asset = spec.quote
+            fee = (notional * rate).quantize(EIGHT)
+            self._free[spec.base] = self._free.get(spec.base, ZERO) - qty
+            self._free[spec.quote] = self._free.get(spec.quote, ZERO) + notional
+        self._free[fee_asset] -= fee
+        return notional, fee, fee_asset, ZERO
 
     def _finish(self, order: EmOrder, status: str) -> None:
         """A terminal status; the rest of the reservation goes back to free."""

@@ -13,12 +13,18 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
+from typing import Any
 
 import pandas as pd
 import uvicorn
 
 from brokers.emulator.app import create_app
 from brokers.emulator.engine import Engine, MarketSpec
+from brokers.emulator.futures import FuturesEngine
+
+# each venue's leverage for a symbol never set, and its highest (USDT perpetuals)
+DEFAULT_LEVERAGE = {"binance": 20, "bybit": 10}
+MAX_LEVERAGE = {"binance": 125, "bybit": 100}
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 10.0
@@ -65,19 +71,27 @@ def serve(
     liquidity_fraction: float | None = 1.0,
     commission: str = "quote",
     log_level: str = "warning",
+    market_type: str = "spot",
+    default_leverage: int | None = None,
 ) -> EmulatorHandle:
     """Start an emulated ``venue`` on 127.0.0.1:``port`` (0: a free port) trading
     ``bars`` (unified symbol -> OHLCV frame) for one account holding ``balances``,
-    accepting only ``api_key`` signed with ``secret``. Returns once it answers."""
-    engine = Engine(
-        bars,
-        balances,
-        specs=specs,
-        maker_fee=maker_fee,
-        taker_fee=taker_fee,
-        liquidity_fraction=liquidity_fraction,
-        commission=commission,
-    )
+    accepting only ``api_key`` signed with ``secret``. Returns once it answers.
+
+    ``market_type="swap"``: a USDT-margined perpetual futures account instead of a spot
+    one (``brokers.emulator.futures``; Binance ``/fapi``, Bybit category linear), each
+    symbol at ``default_leverage`` until set (default: the venue's, 20 / 10); fees are
+    then always charged in the quote currency."""
+    settings: dict[str, Any] = {"specs": specs, "maker_fee": maker_fee, "taker_fee": taker_fee,
+                                "liquidity_fraction": liquidity_fraction}
+    if market_type == "spot":
+        engine: Engine = Engine(bars, balances, commission=commission, **settings)
+    elif market_type == "swap":
+        leverage = default_leverage or DEFAULT_LEVERAGE.get(venue, 20)
+        engine = FuturesEngine(bars, balances, default_leverage=leverage,
+                               max_leverage=MAX_LEVERAGE.get(venue, 125), **settings)
+    else:
+        raise ValueError(f"market_type must be 'spot' or 'swap', got {market_type!r}")
     app = create_app(engine, api_key=api_key, secret=secret, venue=venue)
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
     # and without it every answer waits ~40 ms for a delayed ACK (Nagle).

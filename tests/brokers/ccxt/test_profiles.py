@@ -1,6 +1,6 @@
-"""Venue profiles are data, checked against the ccxt classes they name. The futures
-profiles are not emulated: they are checked as far as ccxt builds their requests offline
-(markets set by hand, nothing sent)."""
+"""Venue profiles are data, checked against the ccxt classes they name, and the requests
+ccxt builds from them offline (markets set by hand, nothing sent). The futures profiles
+are also driven over HTTP against the emulator: tests/brokers/ccxt/test_futures.py."""
 
 from __future__ import annotations
 
