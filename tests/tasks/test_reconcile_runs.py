@@ -1,6 +1,7 @@
 """A live run whose process is gone without finishing stays ``running`` in the ledger (and
 Running in Prefect) until a later run's reconciliation marks it ``crashed``: in the ledger
-with its reason and an audit row, and its Prefect flow run set to Crashed (on a real API)."""
+with its reason and an audit row, and its Prefect flow run set to Crashed (on a real API).
+On SQLite and PostgreSQL (the ``ledger`` fixture)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,8 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from tasks.reconcile import REMOTE_ORPHAN_AFTER_S, crash_flow_run, gone_runs, mark_crashed_runs
-from tradpal.ledger import Ledger, Provenance
+from tradpal.ledger import Provenance
 
 HERE = socket.gethostname()
 
@@ -24,13 +23,6 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
-
-
-@pytest.fixture
-def ledger(tmp_path):
-    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    yield led
-    led.close()
 
 
 def later(seconds: float) -> datetime:
