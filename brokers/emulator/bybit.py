@@ -272,11 +272,12 @@ class BybitDialect(Dialect):
         return {}
 
     def positions(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A symbol's position, flat or not; by settle coin, the open ones (as Bybit answers)."""
         engine = _futures(self.engine)
         if params.get("symbol"):
             symbols = [self.symbol(params["symbol"])]
-        elif params.get("settleCoin") in (None, engine.settle_asset):
-            symbols = list(engine.specs)
+        elif params.get("settleCoin") in (None, engine.settle_asset):  # by settle coin: open ones only
+            symbols = [s for s, p in engine.positions.items() if p.qty]
         else:
             symbols = []
         return {"category": "linear", "nextPageCursor": "", "list": [self._position(s) for s in symbols]}

@@ -43,7 +43,16 @@ from typing import Any
 import pandas as pd
 
 from brokers.base.types import Side
-from brokers.emulator.engine import EIGHT, ZERO, EmOrder, Engine, MarketSpec, VenueError, bad_request, floor_to
+from brokers.emulator.engine import (
+    EIGHT,
+    ZERO,
+    EmOrder,
+    Engine,
+    MarketSpec,
+    VenueError,
+    bad_request,
+    floor_to,
+)
 
 DEFAULT_LEVERAGE = 20
 MAX_LEVERAGE = 125

@@ -248,3 +248,19 @@ async def test_the_venues_positions_agree_with_the_ledgers(
     assert venue_positions == {SYMBOL: pytest.approx(-1.25)}
     [position] = await broker.get_positions()
     assert position.average_price == 101.0  # the short was opened at 101
+
+
+@pytest.mark.parametrize("fault", ["lose_next", "drop_next", "fail_next"])
+async def test_a_futures_placement_under_a_fault_ends_in_exactly_one_order(
+    broker: CcxtBroker, emulator: EmulatorHandle, venue: str, fault: str
+) -> None:
+    from tests.brokers.ccxt.test_faults import place_retrying
+
+    emulator.engine.faults.update({fault: 1, "fault_on": f"POST {PLACE[venue]}"})
+    result, errors = await place_retrying(broker, market(Side.SELL, 1.0, "tp-ffault-1"))
+    assert errors and errors[0].retryable
+    assert result.status is OrderStatus.FILLED and result.client_order_id == "tp-ffault-1"
+    [order] = emulator.engine.orders.values()
+    assert str(order.order_id) == result.order_id
+    [position] = await broker.get_positions()
+    assert position.quantity == -1.0  # one short, never two
