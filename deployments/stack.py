@@ -47,6 +47,8 @@ class StackConfig:
     database: str = "sqlite"  # or postgresql
     postgres: str = "postgres@127.0.0.1:5432"
     db_prefix: str = "tradpal"
+    worker: str = "warm"  # or process: Prefect's plain process worker (a new Python per flow run)
+    query_seconds: float = 0.5  # how often the worker asks for runs due (PREFECT_WORKER_QUERY_SECONDS)
     extra_env: dict[str, str] = field(default_factory=dict)  # for the worker (and so the flow runs)
 
     @classmethod
@@ -58,8 +60,11 @@ class StackConfig:
         database = env.get("TRADPAL_STACK_DATABASE", "sqlite")
         if database not in ("sqlite", "postgresql"):
             raise StackError(f"TRADPAL_STACK_DATABASE: expected sqlite or postgresql, got {database!r}")
+        worker = env.get("TRADPAL_STACK_WORKER", "warm")
+        if worker not in ("warm", "process"):
+            raise StackError(f"TRADPAL_STACK_WORKER: expected warm or process, got {worker!r}")
         return cls(dir=Path(env.get("TRADPAL_STACK_DIR", DEFAULT_DIR)), port=int(port), database=database,
-                   postgres=env.get("TRADPAL_STACK_POSTGRES", "postgres@127.0.0.1:5432"))
+                   postgres=env.get("TRADPAL_STACK_POSTGRES", "postgres@127.0.0.1:5432"), worker=worker)
 
     @property
     def api_url(self) -> str:
@@ -181,6 +186,15 @@ def create_work_pool(api_url: str, name: str = POOL) -> None:
     asyncio.run(create())
 
 
+def worker_command(config: StackConfig) -> list[str]:
+    """The worker on pool ``tradpal``: the warm worker (`deployments.warm_worker`: the
+    event-triggered live runs in its own process, every other run in a process of its own),
+    or Prefect's plain process worker (``TRADPAL_STACK_WORKER=process``)."""
+    if config.worker == "warm":
+        return [sys.executable, "-m", "deployments.warm_worker", "--pool", POOL]
+    return _prefect("worker", "start", "--pool", POOL, "--type", "process")
+
+
 def _port_free(port: int) -> bool:
     import socket
 
@@ -210,10 +224,9 @@ def up(config: StackConfig, *, deploy: bool = True, timeout: float = 180) -> Sta
         _wait_healthy(config, pids["server"], timeout)
         env = {**_base_env(config), **client_env(config)}
         create_work_pool(config.api_url)
-        worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-                      **config.extra_env}
-        pids["worker"] = _spawn("worker", _prefect("worker", "start", "--pool", POOL, "--type", "process"),
-                                worker_env, config)
+        worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": str(config.query_seconds),
+                      "PREFECT_WORKER_PREFETCH_SECONDS": "5", **config.extra_env}
+        pids["worker"] = _spawn("worker", worker_command(config), worker_env, config)
         _write_pids(config, pids)
         if deploy:
             _run(_prefect("--no-prompt", "deploy", "--all"), env, "prefect deploy --all", config)

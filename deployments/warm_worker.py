@@ -1,0 +1,166 @@
+"""A process worker that keeps the live path warm (what `make up` starts on the pool ``tradpal``).
+
+A plain process worker starts a new Python for every flow run: it imports Prefect, pandas,
+Pandera and the pipeline, loads the deployment and runs its pull steps before the flow's first
+line — 3-4 s of a quiet 2-core machine, 10-15 s of a loaded one, against ~0.5 s for the run
+itself. This worker is Prefect's `ProcessWorker` (same ``process`` pool, same base job
+template, same polling, states and events), except that flow runs of the deployments whose
+entrypoint is in ``warm`` (by default ``flows/live_execution.py:live_execution``, the
+event-triggered one) run inside the worker's own process, in a thread of their own with their
+own event loop, through Prefect's own flow engine (`prefect.flow_engine.run_flow`), from the
+flow imported once at start-up. Every other run (replays, analytics, the risk monitor) gets its
+own process as usual.
+
+What a warm run does not get, by design (each falls back to a process when it matters):
+- its deployment's pull steps: the code is the worker's own checkout, imported at start-up
+  (restart the worker after changing the flow's code);
+- per-run job variables (``env``, ``command``, ``working_dir``): a run or deployment that sets
+  any runs in its own process instead;
+- isolation: a warm run that kills its process (``os._exit``, a segfault, TRADPAL_CRASH_AT)
+  takes the worker with it, and runs already started cannot be cancelled from the UI (a
+  Scheduled or Pending one can). The live run takes about half a second.
+
+    python -m deployments.warm_worker --pool tradpal [--warm ENTRYPOINT ...] [--limit N]
+    TRADPAL_WARM_FLOWS=""   # (empty) no warm flows: a plain process worker
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+from uuid import UUID
+
+import anyio
+from prefect.workers.process import ProcessWorker, ProcessWorkerResult
+
+WARM_ENTRYPOINTS = ("flows/live_execution.py:live_execution",)
+logger = logging.getLogger("tradpal.warm_worker")
+
+
+def warm_entrypoints(env: dict[str, str] | None = None) -> tuple[str, ...]:
+    """``TRADPAL_WARM_FLOWS`` (comma-separated entrypoints; empty for none), else the default."""
+    value = (os.environ if env is None else env).get("TRADPAL_WARM_FLOWS")
+    if value is None:
+        return WARM_ENTRYPOINTS
+    return tuple(e.strip() for e in value.split(",") if e.strip())
+
+
+def import_entrypoint(entrypoint: str) -> Any:
+    """The flow behind ``path/to/module.py:name``, imported as a module of this checkout
+    (``flows/live_execution.py:live_execution`` -> ``flows.live_execution.live_execution``)."""
+    path, _, name = entrypoint.partition(":")
+    if not path.endswith(".py") or not name or path.startswith(("/", ".")):
+        raise ValueError(f"warm flow {entrypoint!r}: expected a relative path/to/module.py:flow_name")
+    module = importlib.import_module(path[:-3].replace("/", "."))
+    flow = getattr(module, name, None)
+    if flow is None or not hasattr(flow, "fn"):
+        raise ValueError(f"warm flow {entrypoint!r}: {name!r} is not a flow of {module.__name__}")
+    return flow
+
+
+def run_in_this_process(flow: Any, flow_run: Any) -> int:
+    """Run ``flow_run`` of ``flow`` here, through Prefect's flow engine (the engine reports
+    its states); the exit status a process would have had (0, or 1 when the run raised).
+    Called in a thread of its own: a fresh context holding only the caller's settings
+    (nothing else of the worker's, such as its API client, leaks into the run) and, for an
+    async flow, a fresh event loop."""
+    from prefect.context import SettingsContext, get_settings_context
+    from prefect.exceptions import Abort, Pause
+    from prefect.flow_engine import run_flow
+
+    settings = get_settings_context()
+
+    def run() -> None:
+        with SettingsContext(profile=settings.profile, settings=settings.settings):
+            result = run_flow(flow, flow_run=flow_run, error_logger=logger)
+            if asyncio.iscoroutine(result):
+                asyncio.run(result)
+
+    try:
+        contextvars.Context().run(run)
+    except (Abort, Pause):  # what `python -m prefect.engine` exits 0 for
+        return 0
+    except BaseException:  # the engine has already reported the run's final state
+        logger.debug("warm run %s raised", flow_run.id, exc_info=True)
+        return 1
+    return 0
+
+
+class WarmProcessWorker(ProcessWorker):
+    """`ProcessWorker`, running the ``warm`` deployments' flow runs in its own process."""
+
+    def __init__(self, *args: Any, warm: Iterable[str] = WARM_ENTRYPOINTS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.warm_flows = {entrypoint: import_entrypoint(entrypoint) for entrypoint in warm}
+        self._deployment_entrypoints: dict[UUID, str | None] = {}
+
+    async def warm_flow_for(self, flow_run: Any) -> Any | None:
+        """The imported flow that runs ``flow_run`` here, or None (its own process)."""
+        if not self.warm_flows or flow_run.deployment_id is None or flow_run.job_variables:
+            return None
+        if flow_run.deployment_id not in self._deployment_entrypoints:
+            deployment = await self.client.read_deployment(flow_run.deployment_id)
+            self._deployment_entrypoints[flow_run.deployment_id] = (
+                None if deployment.job_variables else deployment.entrypoint)
+        return self.warm_flows.get(self._deployment_entrypoints[flow_run.deployment_id] or "")
+
+    async def run(self, flow_run: Any, configuration: Any,
+                  task_status: anyio.abc.TaskStatus[int] | None = None) -> ProcessWorkerResult:
+        flow = await self.warm_flow_for(flow_run)
+        if flow is None:
+            return await super().run(flow_run, configuration, task_status)
+        if task_status is not None:  # recorded as the run's infrastructure: not a pid to signal
+            task_status.started(f"warm:{os.uname().nodename}:{os.getpid()}")  # type: ignore[arg-type]
+        self.get_flow_run_logger(flow_run).info("Running in the warm worker's process (%s)", flow.name)
+        current = await self.client.read_flow_run(flow_run.id)  # its state now (Submitting)
+        # not abandoned on cancel: a worker shutting down waits for the warm runs it started
+        status = await anyio.to_thread.run_sync(run_in_this_process, flow, current)
+        return ProcessWorkerResult(status_code=status, identifier=f"warm:{os.getpid()}")
+
+
+async def serve(pool: str, warm: Iterable[str], limit: int | None = None, name: str | None = None) -> None:
+    from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
+
+    worker = WarmProcessWorker(work_pool_name=pool, name=name, limit=limit, warm=warm,
+                               prefetch_seconds=PREFECT_WORKER_PREFETCH_SECONDS.value(),
+                               heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()))
+    print(f"warm worker {worker.name!r} on pool {pool!r}; in this process: "
+          f"{', '.join(worker.warm_flows) or '(none)'}", flush=True)
+    await worker.start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from prefect.utilities.processutils import setup_signal_handlers_worker
+
+    parser = argparse.ArgumentParser(prog="python -m deployments.warm_worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", default="tradpal")
+    parser.add_argument("--warm", action="append", metavar="ENTRYPOINT",
+                        help="a deployment entrypoint run in this process (repeatable; default: TRADPAL_WARM_FLOWS, "
+                             f"else {', '.join(WARM_ENTRYPOINTS)})")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many flow runs at once")
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args(argv)
+    try:
+        warm = tuple(args.warm) if args.warm else warm_entrypoints()
+        for entrypoint in warm:
+            import_entrypoint(entrypoint)  # a bad entrypoint: one line, before anything starts
+    except (ValueError, ImportError) as exc:
+        print(f"warm_worker: error: {exc}", file=sys.stderr)
+        return 2
+    setup_signal_handlers_worker(os.getpid(), "the warm worker", print)  # SIGTERM: stop polling, finish runs
+    try:
+        asyncio.run(serve(args.pool, warm, args.limit, args.name))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("warm worker stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
