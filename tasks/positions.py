@@ -58,7 +58,7 @@ def equity_segment(ctx: ExecutionContext, fills: pd.DataFrame, start_ns: int, en
     """Equity per bar in (start, end]: cash + sum(position x close), vectorised."""
     symbols = ctx.market.symbols
     stamps = [ctx.market.timestamps(s) for s in symbols]
-    grid = np.unique(np.concatenate([t[(t > start_ns) & (t <= end_ns)] for t in stamps])) if symbols else np.array([], "int64")
+    grid = _bar_grid(stamps, start_ns, end_ns)
     if len(grid) == 0:
         return pd.DataFrame(columns=["timestamp", "cash", "position_value", "equity"])
     f_ts = fills["timestamp"].to_numpy("datetime64[ns]").view("int64")
@@ -74,8 +74,21 @@ def equity_segment(ctx: ExecutionContext, fills: pd.DataFrame, start_ns: int, en
         idx = np.searchsorted(ts, grid, side="right") - 1
         close = np.where(idx >= 0, ctx.market.closes(sym)[np.clip(idx, 0, None)], 0.0)
         value += held * close
-    return pd.DataFrame({"timestamp": pd.to_datetime(grid, utc=True), "cash": cash,
-                         "position_value": value, "equity": cash + value})
+    stamps_utc = pd.DatetimeIndex(grid.view("datetime64[ns]")).tz_localize("UTC")  # = to_datetime(utc=True), 100x faster
+    return pd.DataFrame({"timestamp": stamps_utc, "cash": cash, "position_value": value, "equity": cash + value})
+
+
+def _bar_grid(stamps: list[np.ndarray], start_ns: int, end_ns: int) -> np.ndarray:
+    """The distinct bar times in (start, end] over every symbol, sorted. Bar times are in
+    time order (as everywhere the market is searched): each symbol's part is a slice found
+    by bisection, not a mask over all its bars (the cost follows the batch, not the file)."""
+    parts = [t[np.searchsorted(t, start_ns, side="right"):np.searchsorted(t, end_ns, side="right")] for t in stamps]
+    if not parts:
+        return np.array([], "int64")
+    if len(parts) > 1:
+        return np.unique(np.concatenate(parts))
+    part = parts[0]
+    return part[np.concatenate([[True], part[1:] != part[:-1]])] if len(part) > 1 else part
 
 
 async def manage_positions(executions: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
