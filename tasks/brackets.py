@@ -41,6 +41,16 @@ from tasks.orders import client_order_id, round_to_tick
 log = logging.getLogger("tradpal.brackets")
 
 
+def natively(broker) -> bool:
+    """Whether brackets are left to the broker (``supports_brackets``). A native bracket
+    activates when its entry ends; where an entry may fill in parts over several bars (the
+    paper broker with a participation cap), monitoring emulates the bracket instead, so
+    that what has filled is protected as it fills."""
+    if not getattr(broker, "supports_brackets", False):
+        return False
+    return getattr(broker, "max_participation", None) is None
+
+
 def leg_coids(brackets: dict[str, Bracket]) -> set[str]:
     return {c for b in brackets.values() for c in b.legs.values()}
 
@@ -104,7 +114,7 @@ class BracketPass:
         at = np.array([pd.Timestamp(row["signal_time"]).value])
         levels = _on_ticks(levels_for(rule, lambda period: float(ctx.market.atr_at(symbol, at, period)[0])),
                            ctx.config.rules_for(symbol).tick_size)
-        native = bool(getattr(ctx.broker, "supports_brackets", False))
+        native = natively(ctx.broker)
         return Bracket(sid, row["client_order_id"], symbol, row["strategy"],
                        {STOP_LEG: client_order_id(sid, STOP_LEG, prefix),
                         TARGET_LEG: client_order_id(sid, TARGET_LEG, prefix)},
@@ -126,7 +136,7 @@ class BracketPass:
         if ledger is None:
             return
         legs = open_legs(ledger, self.ctx.namespace, self.ctx.venue, self.ctx.config.client_id_prefix)
-        native = bool(getattr(self.ctx.broker, "supports_brackets", False))
+        native = natively(self.ctx.broker)
         for r in legs:
             at_venue = await self.ctx.broker.get_order_by_client_id(r["client_order_id"], r["symbol"])
             if at_venue is None:  # open in the ledger, unknown to this venue (reconciliation said so too)

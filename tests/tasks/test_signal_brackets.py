@@ -189,12 +189,14 @@ def test_time_in_force_per_signal_on_the_live_paper_path() -> None:
 # -- a partly filled entry -----------------------------------------------------------------
 
 
-def test_a_partly_filled_entry_is_protected_as_it_fills_and_the_bracket_grows(ledger) -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["native-broker", "emulating-broker"])
+def test_a_partly_filled_entry_is_protected_as_it_fills_and_the_bracket_grows(ledger, native) -> None:
     # 3 to buy at 1 per bar (t1, t2, t3 at 100): the emulated bracket (stop 95, target 110)
     # covers 1 after t(1), 2 after t(2) (legs 3 / 500), 3 after t(3) (legs 4 / 501). t(4)
-    # (volume 1000) takes the stop for all 3 at 95
+    # (volume 1000) takes the stop for all 3 at 95. A participation cap makes monitoring
+    # emulate the bracket even on a broker with native brackets (those wait for the end)
     rows = [(100, 101, 99, 100, 10)] * 3 + [(99, 100, 94, 96, 1000)]
-    ctx = ledger_context(ledger, market={SYM: bars(rows)}, config=WITH_RULE, native_brackets=False,
+    ctx = ledger_context(ledger, market={SYM: bars(rows)}, config=WITH_RULE, native_brackets=native,
                          max_participation=0.1)
     ctx.monitor_until = t(4)
     frames: dict = {}
