@@ -33,11 +33,14 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
 import anyio
+from prefect.utilities.dispatch import get_registry_for_type
+from prefect.workers.base import BaseWorker
 from prefect.workers.process import ProcessWorker, ProcessWorkerResult
 
 WARM_ENTRYPOINTS = ("flows/live_execution.py:live_execution",)
@@ -93,36 +96,44 @@ def run_in_this_process(flow: Any, flow_run: Any) -> int:
     return 0
 
 
-class WarmProcessWorker(ProcessWorker):
-    """`ProcessWorker`, running the ``warm`` deployments' flow runs in its own process."""
+# The subclass keeps ProcessWorker's type ("process": it serves the same pools), which Prefect's
+# type registry would otherwise hand out for "process" in this process from now on (with a
+# warning): keep ProcessWorker registered as what "process" means.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    class WarmProcessWorker(ProcessWorker):
+        """`ProcessWorker`, running the ``warm`` deployments' flow runs in its own process."""
 
-    def __init__(self, *args: Any, warm: Iterable[str] = WARM_ENTRYPOINTS, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.warm_flows = {entrypoint: import_entrypoint(entrypoint) for entrypoint in warm}
-        self._deployment_entrypoints: dict[UUID, str | None] = {}
+        def __init__(self, *args: Any, warm: Iterable[str] = WARM_ENTRYPOINTS, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.warm_flows = {entrypoint: import_entrypoint(entrypoint) for entrypoint in warm}
+            self._deployment_entrypoints: dict[UUID, str | None] = {}
 
-    async def warm_flow_for(self, flow_run: Any) -> Any | None:
-        """The imported flow that runs ``flow_run`` here, or None (its own process)."""
-        if not self.warm_flows or flow_run.deployment_id is None or flow_run.job_variables:
-            return None
-        if flow_run.deployment_id not in self._deployment_entrypoints:
-            deployment = await self.client.read_deployment(flow_run.deployment_id)
-            self._deployment_entrypoints[flow_run.deployment_id] = (
-                None if deployment.job_variables else deployment.entrypoint)
-        return self.warm_flows.get(self._deployment_entrypoints[flow_run.deployment_id] or "")
+        async def warm_flow_for(self, flow_run: Any) -> Any | None:
+            """The imported flow that runs ``flow_run`` here, or None (its own process)."""
+            if not self.warm_flows or flow_run.deployment_id is None or flow_run.job_variables:
+                return None
+            if flow_run.deployment_id not in self._deployment_entrypoints:
+                deployment = await self.client.read_deployment(flow_run.deployment_id)
+                self._deployment_entrypoints[flow_run.deployment_id] = (
+                    None if deployment.job_variables else deployment.entrypoint)
+            return self.warm_flows.get(self._deployment_entrypoints[flow_run.deployment_id] or "")
 
-    async def run(self, flow_run: Any, configuration: Any,
-                  task_status: anyio.abc.TaskStatus[int] | None = None) -> ProcessWorkerResult:
-        flow = await self.warm_flow_for(flow_run)
-        if flow is None:
-            return await super().run(flow_run, configuration, task_status)
-        if task_status is not None:  # recorded as the run's infrastructure: not a pid to signal
-            task_status.started(f"warm:{os.uname().nodename}:{os.getpid()}")  # type: ignore[arg-type]
-        self.get_flow_run_logger(flow_run).info("Running in the warm worker's process (%s)", flow.name)
-        current = await self.client.read_flow_run(flow_run.id)  # its state now (Submitting)
-        # not abandoned on cancel: a worker shutting down waits for the warm runs it started
-        status = await anyio.to_thread.run_sync(run_in_this_process, flow, current)
-        return ProcessWorkerResult(status_code=status, identifier=f"warm:{os.getpid()}")
+        async def run(self, flow_run: Any, configuration: Any,
+                      task_status: anyio.abc.TaskStatus[int] | None = None) -> ProcessWorkerResult:
+            flow = await self.warm_flow_for(flow_run)
+            if flow is None:
+                return await super().run(flow_run, configuration, task_status)
+            if task_status is not None:  # recorded as the run's infrastructure: not a pid to signal
+                task_status.started(f"warm:{os.uname().nodename}:{os.getpid()}")  # type: ignore[arg-type]
+            self.get_flow_run_logger(flow_run).info("Running in the warm worker's process (%s)", flow.name)
+            current = await self.client.read_flow_run(flow_run.id)  # its state now (Submitting)
+            # not abandoned on cancel: a worker shutting down waits for the warm runs it started
+            status = await anyio.to_thread.run_sync(run_in_this_process, flow, current)
+            return ProcessWorkerResult(status_code=status, identifier=f"warm:{os.getpid()}")
+
+
+get_registry_for_type(BaseWorker)["process"] = ProcessWorker
 
 
 async def serve(pool: str, warm: Iterable[str], limit: int | None = None, name: str | None = None) -> None:

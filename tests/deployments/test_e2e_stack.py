@@ -168,6 +168,9 @@ def test_a_signal_submitted_triggers_a_completed_live_run_recorded_end_to_end(st
         intake.wait(timeout=20)
 
     assert [r.state_name for r in runs] == ["Completed"] * 3, [(r.name, r.state_name, r.state.message) for r in runs]
+    # run by the warm worker in its own process (deployments.warm_worker), not a new Python each
+    assert all(str(r.infrastructure_pid).startswith(f"warm:{os.uname().nodename}:") for r in runs), \
+        [r.infrastructure_pid for r in runs]
     by_name = {r.name: r for r in runs}
     assert sorted(r.name for r in runs) == sorted([f"live {sid_cli} momo BTC/USDT"]
                                                   + [f"live {sid_http} meanrev ETH/USDT"] * 2)

@@ -1,0 +1,133 @@
+"""The warm worker (`deployments.warm_worker`, what `make up` starts): flow runs of its warm
+deployments run in its own process through Prefect's flow engine, on a real Prefect API; a
+run that fails is Failed (not Crashed); a run with job variables, or of any other
+deployment, is not taken in-process; bad configuration fails in one line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+
+import pytest
+
+from deployments.warm_worker import (
+    WARM_ENTRYPOINTS,
+    WarmProcessWorker,
+    import_entrypoint,
+    main,
+    run_in_this_process,
+    warm_entrypoints,
+)
+
+PROBE = "tests/deployments/warm_flows.py:warm_probe"
+
+
+def test_warm_entrypoints_come_from_the_environment_or_the_default():
+    assert warm_entrypoints({}) == WARM_ENTRYPOINTS == ("flows/live_execution.py:live_execution",)
+    assert warm_entrypoints({"TRADPAL_WARM_FLOWS": ""}) == ()  # none: a plain process worker
+    assert warm_entrypoints({"TRADPAL_WARM_FLOWS": f" {PROBE} , a/b.py:c"}) == (PROBE, "a/b.py:c")
+
+
+def test_process_still_means_prefects_process_worker_where_the_warm_worker_is_imported():
+    from prefect.utilities.dispatch import get_registry_for_type
+    from prefect.workers.base import BaseWorker
+    from prefect.workers.process import ProcessWorker
+
+    assert get_registry_for_type(BaseWorker)["process"] is ProcessWorker
+    assert WarmProcessWorker.type == "process"  # it serves process pools
+
+
+def test_an_entrypoint_is_imported_once_as_a_module_of_this_checkout():
+    from flows.live_execution import live_execution
+
+    assert import_entrypoint("flows/live_execution.py:live_execution") is live_execution
+    with pytest.raises(ValueError, match="expected a relative path/to/module.py:flow_name"):
+        import_entrypoint("flows/live_execution.py")
+    with pytest.raises(ValueError, match="expected a relative"):
+        import_entrypoint("/abs/flows.py:f")
+    with pytest.raises(ValueError, match="'not_a_flow' is not a flow of tests.deployments.warm_flows"):
+        import_entrypoint("tests/deployments/warm_flows.py:not_a_flow")
+
+
+def test_a_bad_warm_entrypoint_stops_the_worker_before_it_starts(capsys):
+    assert main(["--warm", "tests/deployments/no_such_module.py:f"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("warm_worker: error: No module named 'tests.deployments.no_such_module'")
+    assert len(err.splitlines()) == 1
+
+
+async def _deployment(client, pool: str, entrypoint: str, **kwargs):
+    from tests.deployments.warm_flows import warm_probe
+
+    flow_id = await client.create_flow(warm_probe)
+    return await client.create_deployment(flow_id=flow_id, name=f"d-{uuid.uuid4().hex[:6]}", work_pool_name=pool,
+                                          entrypoint=entrypoint, **kwargs)
+
+
+def test_warm_runs_go_through_prefects_engine_in_the_workers_own_process(prefect_api, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    pool = f"warm-{uuid.uuid4().hex[:6]}"
+    ok_out, bad_out = tmp_path / "ok.txt", tmp_path / "bad.txt"
+
+    async def go():
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            warm_dep = await _deployment(client, pool, PROBE)
+            other_dep = await _deployment(client, pool, "tests/deployments/warm_flows.py:plain")
+            varied_dep = await _deployment(client, pool, PROBE, job_variables={"env": {"X": "1"}})
+            ok = await client.create_flow_run_from_deployment(warm_dep, parameters={"out": str(ok_out)})
+            bad = await client.create_flow_run_from_deployment(warm_dep, parameters={"out": str(bad_out),
+                                                                                     "fail": True})
+            async with WarmProcessWorker(work_pool_name=pool, warm=[PROBE]) as worker:
+                # which runs it would take in-process (asked without running them)
+                other = await client.create_flow_run_from_deployment(other_dep)
+                varied = await client.create_flow_run_from_deployment(varied_dep, parameters={"out": "x"})
+                per_run = await client.create_flow_run_from_deployment(warm_dep, parameters={"out": "x"},
+                                                                      job_variables={"env": {"Y": "2"}})
+                choices = [await worker.warm_flow_for(r) is not None for r in (ok, other, varied, per_run)]
+                for r in (other, varied, per_run):
+                    await client.delete_flow_run(r.id)
+                await worker.get_and_submit_flow_runs()
+            # leaving the worker waits for the runs it started
+            return choices, await client.read_flow_run(ok.id), await client.read_flow_run(bad.id)
+
+    choices, ok, bad = asyncio.run(go())
+    assert choices == [True, False, False, False]
+    assert ok.state_name == "Completed", ok.state.message
+    assert bad.state_name == "Failed" and "asked to fail" in bad.state.message
+    pid, on_main_thread, run_id = ok_out.read_text().split()
+    assert int(pid) == os.getpid() and on_main_thread == "False" and run_id == str(ok.id)
+    assert ok.infrastructure_pid == f"warm:{os.uname().nodename}:{os.getpid()}"
+    assert bad_out.exists()
+
+
+def test_a_warm_run_gets_a_fresh_context_with_the_callers_settings(prefect_api, tmp_path):
+    """Nothing of the calling thread's Prefect context leaks into the run but its settings
+    (the API it talks to): the run is found and Completed through the caller's API."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import TagsContext
+
+    from tests.deployments.warm_flows import warm_probe
+
+    async def create():
+        async with get_client() as client:
+            return await client.create_flow_run(warm_probe, parameters={"out": str(tmp_path / "o.txt")})
+
+    flow_run = asyncio.run(create())
+    result: list[int] = []
+    with TagsContext(current_tags={"leaked"}):
+        thread = threading.Thread(target=lambda: result.append(run_in_this_process(warm_probe, flow_run)))
+        thread.start()
+        thread.join(120)
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_run(flow_run.id)
+
+    assert result == [0]
+    final = asyncio.run(read())
+    assert final.state_name == "Completed" and "leaked" not in final.tags
