@@ -254,6 +254,8 @@ brackets:                   # stop loss / take profit on each buy entry, as an O
       take_profit: {percent: 0.06}
       trailing: true        # the stop follows the highest price since the entry at its initial distance
   # default: {stop_loss: {percent: 0.05}}   # for strategies not listed
+  # A signal may carry its own stop_loss / take_profit (absolute prices) and trailing_stop:
+  # they replace the rule's legs for that entry (and give a bracket where no rule applies).
 
 approval:                   # live orders above notional_above wait for a person in the Prefect UI (off unless set)
   # notional_above: 25000   # quote currency: quantity x reference price
