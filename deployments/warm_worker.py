@@ -18,7 +18,9 @@ What a warm run does not get, by design (each falls back to a process when it ma
   any runs in its own process instead;
 - isolation: a warm run that kills its process (``os._exit``, a segfault, TRADPAL_CRASH_AT)
   takes the worker with it, and runs already started cannot be cancelled from the UI (a
-  Scheduled or Pending one can). The live run takes about half a second.
+  Scheduled or Pending one can). The live run takes about half a second;
+- unbounded concurrency: at most ``WARM_THREADS`` (64) warm runs at once, one thread each (a
+  run waiting for a person's approval holds its thread); more wait for a free one.
 
     python -m deployments.warm_worker --pool tradpal [--warm ENTRYPOINT ...] [--limit N]
     TRADPAL_WARM_FLOWS=""   # (empty) no warm flows: a plain process worker
@@ -44,6 +46,7 @@ from prefect.workers.base import BaseWorker
 from prefect.workers.process import ProcessWorker, ProcessWorkerResult
 
 WARM_ENTRYPOINTS = ("flows/live_execution.py:live_execution",)
+WARM_THREADS = 64  # warm runs at once (one thread each, also while one waits for an approval)
 logger = logging.getLogger("tradpal.warm_worker")
 
 
@@ -108,6 +111,7 @@ with warnings.catch_warnings():
             super().__init__(*args, **kwargs)
             self.warm_flows = {entrypoint: import_entrypoint(entrypoint) for entrypoint in warm}
             self._deployment_entrypoints: dict[UUID, str | None] = {}
+            self._threads = anyio.CapacityLimiter(WARM_THREADS)  # not anyio's pool, which the worker uses too
 
         async def warm_flow_for(self, flow_run: Any) -> Any | None:
             """The imported flow that runs ``flow_run`` here, or None (its own process)."""
@@ -129,7 +133,7 @@ with warnings.catch_warnings():
             self.get_flow_run_logger(flow_run).info("Running in the warm worker's process (%s)", flow.name)
             current = await self.client.read_flow_run(flow_run.id)  # its state now (Submitting)
             # not abandoned on cancel: a worker shutting down waits for the warm runs it started
-            status = await anyio.to_thread.run_sync(run_in_this_process, flow, current)
+            status = await anyio.to_thread.run_sync(run_in_this_process, flow, current, limiter=self._threads)
             return ProcessWorkerResult(status_code=status, identifier=f"warm:{os.getpid()}")
 
 
