@@ -71,6 +71,7 @@ class PipelineConfig:
     max_price_deviation: float = 0.25  # limit/stop price vs reference, as a fraction
     order_timeout_s: float | None = 30.0  # monitoring cancels what is still open after this
     poll_interval_s: float = 0.2
+    placement_concurrency: int = 8  # orders of one batch in flight at once (a venue over HTTP; paper: no effect)
     client_id_prefix: str = "tp"
     verify_book: bool = True  # step 7 checks the book against the broker's account (off: an account shared
     #                            by several workers, each booking only its own fills)
@@ -212,6 +213,8 @@ class ExecutionContext:
         self.default_strategy = strategy
         self.alerter: Any = None  # risk.alerts.Alerter, when alert channels are configured
         self.open_orders: dict[str, OpenOrder] = {}
+        self.sent_client_ids: set[str] = set()  # placement: ids sent to the broker by this process (a re-send looks up first)
+        self.placement_results: dict[str, Any] = {}  # placement -> monitoring: the broker's answer, by client order id
         self.brackets: dict[str, Any] = {}  # monitoring: risk.brackets.Bracket by entry client order id
         self.brackets_restored = False  # monitoring: open bracket legs taken over from the ledger
         self.signal_brackets: dict[str, dict] = {}  # intake: a signal's own bracket levels, by signal id

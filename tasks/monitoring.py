@@ -72,8 +72,23 @@ def reports_for(open_order: OpenOrder, result: OrderResult, reason: str | None =
 async def _poll(ctx: ExecutionContext, memory: dict[str, OpenOrder], reports: list[dict],
                 reason: str | None = None) -> None:
     for coid, oo in list(memory.items()):
-        result = await ctx.broker.get_order_status(oo.row["broker_order_id"], oo.row["symbol"])
+        result = settled_at_placement(ctx, coid)
+        if result is None:
+            result = await ctx.broker.get_order_status(oo.row["broker_order_id"], oo.row["symbol"])
         _advance(memory, coid, oo, result, reports, reason)
+
+
+def settled_at_placement(ctx: ExecutionContext, coid: str) -> OrderResult | None:
+    """The broker's answer to the placement, if it already was final and complete (a
+    market order filled at once, with its fills): the order cannot change any more, so
+    a poll would only ask again. None otherwise (the order is polled)."""
+    result = ctx.placement_results.get(coid)
+    if result is None or not result.status.is_terminal:
+        return None
+    filled = sum(f.quantity for f in result.fills)
+    if abs(filled - result.executed_quantity) > 1e-9 * max(1.0, result.executed_quantity):
+        return None  # the answer does not carry every fill: ask for them
+    return result
 
 
 def _advance(memory: dict[str, OpenOrder], coid: str, oo: OpenOrder, result: OrderResult,
@@ -145,6 +160,7 @@ async def monitor_executions(placed: pd.DataFrame, ctx: ExecutionContext) -> Ste
         await brackets.advance()
     brackets.commit()
     ctx.open_orders = memory
+    ctx.placement_results.clear()  # seen: from now on the broker is asked
     frame = pd.DataFrame(reports, columns=COLUMNS)
     frame = _typed(frame)
     refused = frame[frame["exec_type"] == "REJECTED"]

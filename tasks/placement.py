@@ -7,7 +7,9 @@ retryable errors (connection, rate limit) propagate so the task retries."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 
@@ -51,21 +53,47 @@ async def place_one(ctx: ExecutionContext, order: Order) -> OrderResult:
 
 
 async def place_orders(checked: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
+    """Place each order (up to ``config.placement_concurrency`` in flight at once; the
+    outcome is the same as one by one, in row order). The broker's answers are kept in
+    ``ctx.placement_results`` for monitoring (an order already over needs no poll)."""
+    rows = checked.to_dict("records")
+    outcomes: list[tuple[str, Any]] = [("", None)] * len(rows)
+    limit = asyncio.Semaphore(max(1, int(ctx.config.placement_concurrency)))
+
+    async def one(i: int, row: dict) -> None:
+        order = to_order(row)
+        async with limit:
+            crash_point("placement.sent")
+            try:
+                result = await place_one(ctx, order)
+            except (InsufficientFundsError, InvalidOrderError) as exc:
+                crash_point("placement.acked")
+                outcomes[i] = ("refused", f"{type(exc).__name__}: {exc.broker_message}")
+                return
+        crash_point("placement.acked")  # the venue has it; the ledger does not yet
+        outcomes[i] = ("answered", result)
+
+    if len(rows) == 1 or ctx.config.placement_concurrency <= 1:
+        for i, row in enumerate(rows):
+            await one(i, row)
+    else:
+        try:
+            async with asyncio.TaskGroup() as group:  # an error cancels the rest (a retry looks each one up)
+                for i, row in enumerate(rows):
+                    group.create_task(one(i, row))
+        except BaseExceptionGroup as eg:  # the first error as itself: retries and the ledger judge it by its type
+            raise eg.exceptions[0] from None
     placed: list[dict] = []
     refused: list[tuple[str, str, str]] = []
-    for row in checked.to_dict("records"):
-        order = to_order(row)
-        crash_point("placement.sent")
-        try:
-            result = await place_one(ctx, order)
-        except (InsufficientFundsError, InvalidOrderError) as exc:
-            crash_point("placement.acked")
-            refused.append((row["signal_id"], row["client_order_id"], f"{type(exc).__name__}: {exc.broker_message}"))
+    for row, (kind, value) in zip(rows, outcomes, strict=True):
+        if kind == "refused":
+            refused.append((row["signal_id"], row["client_order_id"], value))
             continue
-        crash_point("placement.acked")  # the venue has it; the ledger does not yet
+        result: OrderResult = value
         if result.status.value == "REJECTED":
             refused.append((row["signal_id"], row["client_order_id"], result.reason or "rejected by the broker"))
             continue
+        ctx.placement_results[row["client_order_id"]] = result
         placed.append({**row, "broker_order_id": result.order_id, "status": result.status.value,
                        "placed_at": pd.Timestamp(result.timestamp).tz_convert("UTC")
                        if pd.Timestamp(result.timestamp).tzinfo else pd.Timestamp(result.timestamp, tz="UTC"),

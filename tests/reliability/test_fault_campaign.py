@@ -78,6 +78,9 @@ def current_step() -> str:
 def aim(monkeypatch, target: str, arm) -> dict:
     """Call ``arm()`` once, before the first broker call made by ``target``."""
     state = {"armed": False, "calls": 0}
+    if target == "monitoring":  # market orders come back filled at placement: poll them anyway, so that
+        # monitoring talks to the venue here as it does for any order still open after placement
+        monkeypatch.setattr("tasks.monitoring.settled_at_placement", lambda ctx, coid: None)
     for name in BROKER_METHODS:
         original = getattr(CcxtBroker, name)
 

@@ -227,3 +227,29 @@ def test_a_cancel_that_finds_the_order_already_filled_reports_the_fill_not_an_er
     first, second = run(go())
     assert first.status == OrderStatus.FILLED and first.executed_quantity == 1.0
     assert second.status == OrderStatus.CANCELED
+
+
+def test_an_order_already_final_at_placement_is_not_polled_and_reported_once() -> None:
+    # live paper: a market order fills as it is placed; its answer carries the fill
+    ctx = build_context(live=True, prices={SYM: 100.0}, broker=flaky({"get_order_status": 0}, BrokerConnectionError("unused")))
+    frame = placed(raw_signals({"timestamp": pd.Timestamp.now(tz="UTC")}), ctx)
+    assert set(ctx.placement_results) == {client_order_id("s1")}
+    result = monitor(frame, ctx, until=ctx.clock.now())
+    assert ctx.broker.calls["get_order_status"] == 0  # the broker was not asked again
+    [r] = result.frame.to_dict("records")
+    assert (r["exec_type"], r["status"], r["last_qty"], r["last_px"]) == ("FILL", "FILLED", 1.0, 100.0)
+    assert ctx.placement_results == {} and ctx.open_orders == {}
+    again = monitor(frame.iloc[:0], ctx, until=ctx.clock.now())  # a later pass reports nothing twice
+    assert again.frame.empty
+
+
+def test_an_answer_without_its_fills_or_still_open_is_polled() -> None:
+    from dataclasses import replace as with_
+
+    ctx = build_context(live=True, prices={SYM: 100.0}, broker=flaky({"get_order_status": 0}, BrokerConnectionError("unused")))
+    frame = placed(raw_signals({"timestamp": pd.Timestamp.now(tz="UTC")}), ctx)
+    coid = client_order_id("s1")
+    ctx.placement_results[coid] = with_(ctx.placement_results[coid], fills=())  # an acknowledgement only
+    result = monitor(frame, ctx, until=ctx.clock.now())
+    assert ctx.broker.calls["get_order_status"] == 1
+    assert result.frame["exec_type"].tolist() == ["FILL"]

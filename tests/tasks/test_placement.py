@@ -110,16 +110,21 @@ def test_a_rejected_result_becomes_a_rejection() -> None:
     assert result.rejected.to_numpy().tolist() == [["s1", client_order_id("s1"), "venue says no"]]
 
 
+@pytest.mark.parametrize("concurrency", [1, 8])
 @pytest.mark.parametrize("error", [BrokerConnectionError("connection reset"), RateLimitError("slow down")])
-def test_a_retryable_error_propagates_and_a_retry_places_nothing_twice(error: Exception) -> None:
+def test_a_retryable_error_propagates_and_a_retry_places_nothing_twice(error: Exception, concurrency: int) -> None:
     ctx = build_context(broker=flaky({"place_order": {2}}, error))  # the 2nd send fails
+    ctx.config = replace(ctx.config, placement_concurrency=concurrency)
     checked = checked_frame(raw_signals({}, {}, {}), ctx)
-    with pytest.raises(type(error), match=str(error)):
+    with pytest.raises(type(error), match=str(error)):  # the error itself, not an exception group
         run(place_orders(checked, ctx))
-    assert ctx.broker.calls["place_order"] == 2  # s1 placed, s2 failed, s3 never tried
+    # one at a time: s1 placed, s2 failed, s3 never tried; concurrently: s3 was already sent
+    assert ctx.broker.calls["place_order"] == (2 if concurrency == 1 else 3)
 
     retried = place(checked, ctx).frame  # what the task's retry does
-    assert retried["broker_order_id"].tolist() == ["paper-1", "paper-2", "paper-3"]
+    # each signal has exactly one order (concurrently, s3 was placed before the retry placed s2)
+    assert retried["broker_order_id"].tolist() == (["paper-1", "paper-2", "paper-3"] if concurrency == 1
+                                                   else ["paper-1", "paper-3", "paper-2"])
     assert ctx.broker.calls["place_order"] == 4  # s1 found by its client id: only s2 and s3 sent
 
 

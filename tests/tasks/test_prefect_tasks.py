@@ -134,7 +134,7 @@ def test_when_retries_run_out_the_batch_fails_unknown_and_the_error_propagates(l
     ctx = flaky_context(ledger, {"place_order": 99}, BrokerConnectionError("exchange unreachable"))
     with pytest.raises(BrokerConnectionError, match="exchange unreachable"):
         run_flow(RAW, ctx)
-    assert ctx.broker.calls["place_order"] == 1 + RETRIES
+    assert ctx.broker.calls["place_order"] == (1 + RETRIES) * 2  # both orders are in flight on every attempt
     reason = f"placement failed after {RETRIES} retries: BrokerConnectionError: exchange unreachable"
     rows = ledger.frame("rejections", run_id=ctx.run_id)
     assert rows[["signal_id", "client_order_id", "step", "reason"]].to_numpy().tolist() == [
