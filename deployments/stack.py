@@ -6,7 +6,9 @@
 
 `up` starts ``prefect server start --host 127.0.0.1 --port ${TRADPAL_PREFECT_PORT:-4200}``
 with its own PREFECT_HOME (``.tradpal/stack/prefect``), waits for ``/api/health``, creates
-the process work pool ``tradpal``, starts a worker on it, deploys every deployment of
+the process work pool ``tradpal``, starts a worker on it (the warm worker,
+`deployments.warm_worker`: event-triggered live runs in its own process, polling every 0.5 s;
+``TRADPAL_STACK_WORKER=process`` for Prefect's plain process worker), deploys every deployment of
 ``prefect.yaml``, and records the pids it started in ``.tradpal/stack/pids.json``; `down`
 stops those process groups (SIGTERM, then SIGKILL after a grace period) and nothing else.
 ``.tradpal/stack/env`` holds the variables to talk to the stack (``source`` it).

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from deployments.stack import StackConfig, StackError, _group_alive, _spawn, down, main, up
+from deployments.stack import StackConfig, StackError, _group_alive, _spawn, down, main, up, worker_command
 from tradpal.processes import process_alive
 
 
@@ -24,6 +24,16 @@ def test_configuration_errors_name_the_variable():
     assert pg.prefect_db_url() == "postgresql+asyncpg://postgres@127.0.0.1:5432/tradpal_prefect"
     assert pg.ledger_url() == "postgresql+psycopg://postgres@127.0.0.1:5432/tradpal_ledger"
     assert StackConfig.from_env({}).prefect_db_url() is None
+
+
+def test_the_stack_runs_the_warm_worker_unless_told_otherwise():
+    warm = StackConfig.from_env({})
+    assert warm.worker == "warm" and warm.query_seconds == 0.5
+    assert worker_command(warm)[1:] == ["-m", "deployments.warm_worker", "--pool", "tradpal"]
+    plain = StackConfig.from_env({"TRADPAL_STACK_WORKER": "process"})
+    assert worker_command(plain)[1:] == ["-m", "prefect", "worker", "start", "--pool", "tradpal", "--type", "process"]
+    with pytest.raises(StackError, match="TRADPAL_STACK_WORKER: expected warm or process, got 'k8s'"):
+        StackConfig.from_env({"TRADPAL_STACK_WORKER": "k8s"})
 
 
 def test_a_busy_port_stops_up_before_anything_starts(tmp_path):
