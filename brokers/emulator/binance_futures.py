@@ -59,7 +59,7 @@ class BinanceFuturesDialect(BinanceDialect):
             ("/fapi/v1/order", "GET", self.query_order),
             ("/fapi/v1/order", "DELETE", self.cancel_order),
             ("/fapi/v1/openOrders", "GET", self.open_orders),
-            ("/fapi/v1/allOpenOrders", "DELETE", self.cancel_open_orders),
+            ("/fapi/v1/allOpenOrders", "DELETE", self.cancel_all_open_orders),
             ("/fapi/v1/allOrders", "GET", self.all_orders),
             ("/fapi/v1/userTrades", "GET", self.my_trades),
             ("/fapi/v1/leverage", "POST", self.set_leverage),
@@ -157,7 +157,7 @@ class BinanceFuturesDialect(BinanceDialect):
         symbol = self.symbol(params["symbol"]) if params.get("symbol") else None
         return [self._order(o) for o in self.engine.open_orders(symbol)]
 
-    def cancel_open_orders(self, params: dict[str, str]) -> dict[str, Any]:
+    def cancel_all_open_orders(self, params: dict[str, str]) -> dict[str, Any]:
         symbol = self.symbol(params.get("symbol"))
         for order in self.engine.open_orders(symbol):
             self.engine.cancel(symbol, order_id=order.order_id)

@@ -169,7 +169,7 @@ class BybitDialect(Dialect):
                     "launchTime": "1585526400000", "deliveryTime": "0", "priceScale": "2", "fundingInterval": 480,
                     "leverageFilter": {"minLeverage": "1", "maxLeverage": str(self.engine.max_leverage),
                                        "leverageStep": "0.01"},
-                    "priceFilter": {"minPrice": str(spec.min_price.normalize()),
+                    "priceFilter": {"minPrice": str((spec.min_price or spec.tick_size).normalize()),
                                     "maxPrice": str(spec.max_price.normalize()),
                                     "tickSize": str(spec.tick_size.normalize())},
                     "lotSizeFilter": {"minOrderQty": str(spec.min_qty.normalize()),

@@ -58,6 +58,10 @@ async def test_a_stock_futures_client_opens_and_closes_a_short(client: tuple[str
         assert [o["id"] for o in await exchange.fetch_open_orders(SYMBOL)] == [resting["id"]]
         await exchange.cancel_order(resting["id"], SYMBOL)
         assert await exchange.fetch_open_orders(SYMBOL) == []
+        if venue == "binance":  # DELETE /fapi/v1/allOpenOrders
+            await exchange.create_order(SYMBOL, "limit", "sell", 1.0, 120.0, {link: "stock-f-5"})
+            await exchange.cancel_all_orders(SYMBOL)
+            assert await exchange.fetch_open_orders(SYMBOL) == []
 
         with pytest.raises(ccxt.ExchangeError, match="[Rr]educe"):  # would open a long
             await exchange.create_order(SYMBOL, "market", "buy", 4.0, None, {link: "stock-f-3", "reduceOnly": True})
