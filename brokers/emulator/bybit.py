@@ -58,6 +58,7 @@ _CODES: dict[int, tuple[int, str]] = {
     -2019: (110007, "ab not enough for new order"),
     -2022: (110017, "Reduce-only rule not satisfied"),
     -4028: (10001, "params error: leverage invalid"),
+    -4164: (110094, "Order does not meet minimum order value"),
 }
 _WORDS: dict[str, tuple[int, str]] = {
     "insufficient balance": (170131, "Insufficient balance."),

@@ -376,7 +376,7 @@ class Engine:
         with self.lock:
             spec = self.spec(symbol)
             current = self.price(symbol)
-            self._validate(spec, side, kind, quantity, price, stop_price, tif, current)
+            self._validate(spec, side, kind, quantity, price, stop_price, tif, current, reduce_only=reduce_only)
             self._check_reduce_only(symbol, side, quantity, reduce_only)
             if (symbol, client_order_id) in self._by_client_id and self._by_client_id[
                 (symbol, client_order_id)
@@ -419,6 +419,8 @@ class Engine:
         stop_price: Decimal | None,
         tif: str,
         current: Decimal,
+        *,
+        reduce_only: bool = False,
     ) -> None:
         if kind not in KINDS:
             raise bad_request(-1116, "Invalid orderType.")
@@ -437,8 +439,8 @@ class Engine:
         if quantity < spec.min_qty or quantity > spec.max_qty or (quantity - spec.min_qty) % spec.step_size != 0:
             raise bad_request(-1013, "Filter failure: LOT_SIZE")
         reference = price if price is not None and kind in ("LIMIT", "STOP_LOSS_LIMIT") else current
-        if quantity * reference < spec.min_notional:
-            raise bad_request(-1013, "Filter failure: NOTIONAL")
+        if quantity * reference < spec.min_notional and not (reduce_only and self.reduce_only_skips_notional):
+            raise self._below_min_notional(spec)
         if stop_price is not None:
             immediate = current >= stop_price if side is Side.BUY else current <= stop_price
             if immediate:
@@ -473,6 +475,11 @@ class Engine:
         """A spot market has no positions to reduce (``FuturesEngine`` checks them)."""
         if reduce_only:
             raise bad_request(-1106, "Parameter 'reduceOnly' sent when not required.")
+
+    reduce_only_skips_notional = False  # futures venues let a small reduce-only order close
+
+    def _below_min_notional(self, spec: MarketSpec) -> VenueError:
+        return bad_request(-1013, "Filter failure: NOTIONAL")
 
     def _insufficient(self) -> VenueError:
         """The refusal of an order the account cannot pay for."""

@@ -26,6 +26,8 @@ Margin
 Reduce-only
     A reduce-only order must be on the opposite side of the position and no larger than
     it; otherwise it is refused at placement (``-2022 ReduceOnly Order is rejected.``).
+    The minimum notional does not apply to it (below it, any other order is refused:
+    ``-4164 Order's notional must be no smaller than ...``), so a small rest can close.
     It reserves only its fee, and at each fill it is cut to what is left of the position
     (a market order then expires the rest).
 
@@ -160,6 +162,12 @@ class FuturesEngine(Engine):
 
     def _insufficient(self) -> VenueError:
         return bad_request(-2019, MARGIN_INSUFFICIENT)
+
+    reduce_only_skips_notional = True
+
+    def _below_min_notional(self, spec: MarketSpec) -> VenueError:
+        return bad_request(-4164, f"Order's notional must be no smaller than {spec.min_notional.normalize()} "
+                                  "(unless you choose reduce only).")
 
     def _reservation(
         self,

@@ -264,3 +264,16 @@ async def test_a_futures_placement_under_a_fault_ends_in_exactly_one_order(
     assert str(order.order_id) == result.order_id
     [position] = await broker.get_positions()
     assert position.quantity == -1.0  # one short, never two
+
+
+async def test_the_minimum_notional_refuses_a_small_order_but_not_a_small_close(
+    broker: CcxtBroker, emulator: EmulatorHandle
+) -> None:
+    """5 USDT minimum: 0.02 BTC at 100 (2 USDT) cannot open, but closes a position's rest."""
+    with pytest.raises(InvalidOrderError) as small:
+        await broker.place_order(market(Side.SELL, 0.02, "tp-min-1"))
+    assert "minimum" in str(small.value) or "no smaller than" in str(small.value)
+    await broker.place_order(market(Side.SELL, 0.07, "tp-min-2"))  # 7 USDT: opens
+    await broker.place_order(market(Side.BUY, 0.05, "tp-min-3", reduce_only=True))  # 5 USDT: closes most
+    rest = await broker.place_order(market(Side.BUY, 0.02, "tp-min-4", reduce_only=True))
+    assert rest.status is OrderStatus.FILLED and await broker.get_positions() == []
