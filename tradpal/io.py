@@ -230,14 +230,27 @@ def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
+_CHECKED = ("side", "quantity", "symbol", "order_type", "limit_price", "stop_price", "reference_price", "signal_id")
+
+
+def check_signal_record(row: dict) -> list[tuple[int, str, str]] | None:
+    """`check_signal_rows` for one signal as a dict (its keys are the frame's columns),
+    without building a frame; None when a value is not yet of its type (then build the
+    one-row frame and ask `check_signal_rows`)."""
+    return _check_columns({c: [row.get(c)] for c in _CHECKED}, row.keys(), 1)
+
+
 def _check_small(df: pd.DataFrame) -> list[tuple[int, str, str]] | None:
     """`check_signal_rows` for a few rows whose values already have their types (strings,
     floats: what the intake step and the HTTP intake hand over), in plain Python, same
     verdicts and messages; None when a value is of another type (the vectorised path then)."""
     n = len(df)
     absent = [None] * n
-    cols = {c: (df[c].tolist() if c in df else absent) for c in
-            ("side", "quantity", "symbol", "order_type", "limit_price", "stop_price", "reference_price", "signal_id")}
+    return _check_columns({c: (df[c].tolist() if c in df else absent) for c in _CHECKED}, df.columns, n)
+
+
+def _check_columns(cols: dict[str, list], df, n: int) -> list[tuple[int, str, str]] | None:
+    """The plain-Python rules over ``cols`` (column -> values); ``df``: the columns present."""
     for c in ("side", "symbol", "order_type", "signal_id"):
         if not all(type(v) is str or (v is None and (c not in df or c in ("order_type",))) for v in cols[c]):
             return None

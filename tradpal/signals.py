@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from tradpal.errors import InputError
-from tradpal.io import check_signal_rows
+from tradpal.io import check_signal_record, check_signal_rows
 
 EVENT = "tradpal.signal.received"
 RESOURCE_PREFIX = "tradpal.signal."
@@ -67,8 +67,10 @@ def validate_signal(raw: Any, *, where: str = "signal") -> dict[str, Any]:
     if "trailing_stop" in sig and not isinstance(sig["trailing_stop"], bool):
         raise InputError(f"{where}, field 'trailing_stop': must be true or false, got {sig['trailing_stop']!r}")
     sig["timestamp"] = _timestamp(sig.get("timestamp"), where)
-    row = pd.DataFrame([{"signal_id": new_signal_id(), **sig}])
-    problems = check_signal_rows(row)  # the intake step's own rules
+    row = {"signal_id": new_signal_id(), **sig}
+    problems = check_signal_record(row)  # the intake step's own rules (plain Python where the types allow)
+    if problems is None:
+        problems = check_signal_rows(pd.DataFrame([row]))
     if problems:
         _, col, why = problems[0]
         raise InputError(f"{where}, field {col!r}: {why}")

@@ -58,3 +58,20 @@ def test_messages_show_plain_numbers(value):
         assert io.check_signal_rows(df) == [(0, "quantity", "quantity must be a number > 0, got -1.0")]
     finally:
         io.SMALL = original
+
+
+@settings(max_examples=300, deadline=None)
+@given(df=frames())
+def test_one_record_agrees_with_its_one_row_frame(df):
+    row = df.iloc[:1].to_dict("records")[0]
+    row = {k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}  # as JSON hands them over
+    original = io.SMALL
+    try:
+        io.SMALL = 0
+        assert io.check_signal_record(row) == io.check_signal_rows(df.iloc[:1])
+    finally:
+        io.SMALL = original
+
+
+def test_a_record_with_untyped_values_is_left_to_the_frame():
+    assert io.check_signal_record({"side": "buy", "quantity": "1.5", "symbol": "BTC/USDT"}) is None
