@@ -191,6 +191,10 @@ async def test_a_resting_limit_reserves_its_margin_fills_on_the_path_and_cancels
     assert float(engine.order_margin()) == pytest.approx(90 / 5 + 90 * TAKER)
     [(order, state)] = await broker.get_open_orders(SYMBOL)
     assert (order.client_order_id, order.price, state.order_id) == ("tp-lim-1", 90.0, resting.order_id)
+    assert [o.client_order_id for o, _ in await broker.get_open_orders()] == ["tp-lim-1"]  # all symbols
+    found = await broker.get_order_by_client_id("tp-lim-1", SYMBOL)
+    assert found is not None and found.order_id == resting.order_id
+    assert await broker.get_order_by_client_id("tp-never-sent", SYMBOL) is None
     canceled = await broker.cancel_order(resting.order_id, SYMBOL)
     assert canceled.status is OrderStatus.CANCELED and engine.order_margin() == 0
     assert engine.free("USDT") == Decimal(START)
