@@ -168,52 +168,76 @@ def gone_runs(ledger: Ledger, run_id: str | None, *, kind: str = "live", now: da
               silent_after_s: float = REMOTE_ORPHAN_AFTER_S) -> list[GoneRun]:
     """The runs of ``kind`` other than ``run_id`` still ``running`` in the ledger whose
     process is gone (`run_gone_reason`), oldest first."""
-    runs, s, a = RunRow.__table__, SignalRow.__table__, AuditRow.__table__
-    last_signal = select(func.max(s.c.received_at)).where(s.c.run_id == runs.c.id).scalar_subquery()
-    last_audit = select(func.max(a.c.time)).where(a.c.run_id == runs.c.id).scalar_subquery()
+    runs = RunRow.__table__
     where = [runs.c.kind == kind, runs.c.status == "running"]
     if run_id:
         where.append(runs.c.id != run_id)
-    stmt = (select(runs.c.id, runs.c.flow_run_id, runs.c.params, runs.c.started_at, last_signal, last_audit)
-            .where(*where).order_by(runs.c.started_at))
+    stmt = select(runs.c.id, runs.c.flow_run_id, runs.c.params, runs.c.started_at).where(*where).order_by(
+        runs.c.started_at)
     with ledger.engine.connect() as conn:
         rows = conn.execute(stmt).all()
     now_ts = _utc(now)
     out = []
-    for rid, flow_run_id, params, started, signal_at, audit_at in rows:
-        last_seen = max(_utc(t) for t in (started, signal_at, audit_at) if t is not None)
-        params = params or {}
-        reason = run_gone_reason(params, (now_ts - last_seen).total_seconds(), silent_after_s)
+    for rid, flow_run_id, params, started in rows:
+        params, seen = params or {}, {}
+
+        def silent_s(rid: str = rid, started: datetime = started, seen: dict = seen) -> float:
+            seen["at"] = last_seen(ledger, rid, started)
+            return (now_ts - seen["at"]).total_seconds()
+
+        reason = run_gone_reason(params, silent_s, silent_after_s)
         if reason:
             certain = bool(params.get("host") == socket.gethostname() and params.get("pid"))
-            out.append(GoneRun(rid, flow_run_id, reason, last_seen, certain))
+            out.append(GoneRun(rid, flow_run_id, reason, seen.get("at") or last_seen(ledger, rid, started), certain))
     return out
 
 
-def run_gone_reason(params: dict[str, Any], silent_s: float, silent_after_s: float = REMOTE_ORPHAN_AFTER_S) -> str | None:
+def last_seen(ledger: Ledger, run_id: str, started: datetime) -> pd.Timestamp:
+    """The run's last write to the ledger: its start, a signal it received, an audit row."""
+    s, a = SignalRow.__table__, AuditRow.__table__
+    stmt = select(select(func.max(s.c.received_at)).where(s.c.run_id == run_id).scalar_subquery(),
+                  select(func.max(a.c.time)).where(a.c.run_id == run_id).scalar_subquery())
+    with ledger.engine.connect() as conn:
+        times = conn.execute(stmt).one()
+    return max(_utc(t) for t in (started, *times) if t is not None)
+
+
+def run_gone_reason(params: dict[str, Any], silent_s: Callable[[], float],
+                    silent_after_s: float = REMOTE_ORPHAN_AFTER_S) -> str | None:
     """Why the run that recorded ``params`` ({"host", "pid", "mode"}, see `tradpal.live`)
     is gone, or None while it may still be working. On this host: its process is dead or a
-    zombie. Another host (or none recorded): nothing written for ``silent_after_s``, except
-    a stream of another host, which writes nothing while no signal comes."""
+    zombie. Another host (or none recorded): nothing written for ``silent_after_s``
+    (``silent_s()``, asked only then), except a stream of another host, which writes nothing
+    while no signal comes."""
     host, pid = params.get("host"), params.get("pid")
     if host and pid and host == socket.gethostname():
         return None if process_alive(int(pid)) else f"process {pid} on {host} is gone"
     if host and params.get("mode") == "stream":
         return None
-    if silent_s <= silent_after_s:
+    silent = silent_s()
+    if silent <= silent_after_s:
         return None
     where = f"host {host}" if host else "a run that recorded no process"
-    return f"nothing written for {silent_s:.0f} s by {where} (its process cannot be asked from here)"
+    return f"nothing written for {silent:.0f} s by {where} (its process cannot be asked from here)"
 
 
 async def crash_flow_run(flow_run_id: str, message: str, *, leave_paused: bool = False) -> str:
     """Set Prefect flow run ``flow_run_id`` to Crashed with ``message`` and say what
-    happened: ``crashed``, ``already <state>`` (a final state is left as it is), ``paused``
+    happened: ``crashed`` (its unfinished task runs too: ``crashed (and N task runs)``),
+    ``already <state>`` (a final state is left as it is), ``paused``
     (left alone when ``leave_paused``: it may be waiting for a person), ``unknown to the
     Prefect API``, or ``Prefect API error: ...``. Never raises: the ledger is marked anyway."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.responses import SetStateStatus
     from prefect.exceptions import ObjectNotFound
     from prefect.states import Crashed
@@ -237,7 +261,14 @@ async def crash_flow_run(flow_run_id: str, message: str, *, leave_paused: bool =
             result = await client.set_flow_run_state(fid, Crashed(message=message))
             if result.status != SetStateStatus.ACCEPT:
                 return f"Prefect refused: {result.status.value} {result.details}"
-            return "crashed"
+            # its task runs the kill left Running (or Pending) go with it
+            unfinished = TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(
+                any_=[StateType.RUNNING, StateType.PENDING])))
+            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fid])),
+                                                task_run_filter=unfinished)
+            for task_run in tasks:
+                await client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
+            return "crashed" + (f" (and {len(tasks)} task run{'s' if len(tasks) > 1 else ''})" if tasks else "")
 
     try:
         return await asyncio.wait_for(go(), CRASH_TIMEOUT_S)

@@ -16,6 +16,7 @@ import time
 import uuid
 
 import pandas as pd
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from tests.reliability.invariants import check, read_book
 from tests.reliability.live_process import API_KEY, SECRET, SYMBOL, run_live, wait_exit
@@ -79,11 +80,18 @@ def test_killed_runs_are_marked_crashed_in_the_ledger_and_in_prefect(rig, prefec
         row = ledger.get_run(run.id)
         reason = row["summary"]["reason"]
         assert row["status"] == "crashed" and f"process {row['params']['pid']} on " in reason
-        assert reason.endswith(f"found by run {found_by}") and row["summary"]["prefect"] == "crashed"
+        assert reason.endswith(f"found by run {found_by}") and row["summary"]["prefect"].startswith("crashed")
         marks = audit[(audit["event"] == "run.crashed") & (audit["entity_id"] == run.id)]
         assert len(marks) == 1 and marks["run_id"].iloc[0] == found_by
         state = flow_state(prefect_client, run.flow_run_id)
         assert state.is_crashed() and state.message == reason
+    # the batch died inside its placement task run: that one is Crashed too, none is left Running
+    steps = prefect_client(lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(
+        id=FlowRunFilterId(any_=[uuid.UUID(killed_batch["flow_run_id"].iloc[0])]))))
+    assert "crashed (and 1 task run)" in ledger.get_run(killed_batch["id"].iloc[0])["summary"]["prefect"]
+    assert [t.name for t in steps if t.state.is_crashed()] == ["5-placement [2 signals ETH/BTC]"], \
+        [(t.name, t.state_name) for t in steps]
+    assert not [t for t in steps if t.state.is_running()]
 
     # `tradpal runs` lists them with the reason
     from tradpal.cli import main
@@ -94,6 +102,6 @@ def test_killed_runs_are_marked_crashed_in_the_ledger_and_in_prefect(rig, prefec
     text = out.getvalue()
     for run in killed.itertuples():
         assert f"{run.id} live      crashed" in text
-    assert text.count("(Prefect: crashed)") >= 2
+    assert text.count("(Prefect: crashed") == 2
     # and the three invariants hold against the venue's own book
     check(ledger, read_book(rig["emulator"].base_url, API_KEY, SECRET, [SYMBOL]), expect_signals=rig["signals"])

@@ -93,14 +93,20 @@ def test_the_ledger_alone_when_no_prefect(ledger):
 
 
 def test_flow_runs_set_to_crashed_on_a_real_api(ledger, prefect_client):
-    """Running → Crashed with the reason as its message; a final state is left as it is; an
-    id the API does not know, or not an id at all, is noted and the ledger marked anyway."""
+    """Running → Crashed with the reason as its message, its unfinished task run too; a final
+    state is left as it is; an id the API does not know, or not an id at all, is noted and the
+    ledger marked anyway."""
     from prefect.states import Completed, Running
 
     async def make(client, state) -> str:
         return str((await client.create_flow_run(_flow(), state=state)).id)
 
+    async def task_runs(client, flow_run_id: str, *states) -> list[str]:
+        return [str((await client.create_task_run(_task(), uuid.UUID(flow_run_id), f"k{i}", state=st)).id)
+                for i, st in enumerate(states)]
+
     running = prefect_client(lambda c: make(c, Running()))
+    steps = prefect_client(lambda c: task_runs(c, running, Running(), Completed()))  # killed in the first
     completed = prefect_client(lambda c: make(c, Completed()))
     unknown = str(uuid.uuid4())
     for name, fid in {"killed-running": running, "killed-completed": completed, "killed-unknown": unknown,
@@ -110,11 +116,13 @@ def test_flow_runs_set_to_crashed_on_a_real_api(ledger, prefect_client):
     marked = asyncio.run(mark_crashed_runs(ledger, Provenance(run_id="me")))
     assert sorted(marked) == ["killed-completed", "killed-not-an-id", "killed-running", "killed-unknown"]
     prefect = {r: ledger.get_run(r)["summary"]["prefect"] for r in marked}
-    assert prefect == {"killed-running": "crashed", "killed-completed": "already Completed",
+    assert prefect == {"killed-running": "crashed (and 1 task run)", "killed-completed": "already Completed",
                        "killed-unknown": "unknown to the Prefect API", "killed-not-an-id": "not a Prefect flow run id"}
     state = prefect_client(lambda c: c.read_flow_run(uuid.UUID(running))).state
     assert state.type.value == "CRASHED" and state.message == ledger.get_run("killed-running")["summary"]["reason"]
     assert prefect_client(lambda c: c.read_flow_run(uuid.UUID(completed))).state.type.value == "COMPLETED"
+    step_states = [prefect_client(lambda c, t=t: c.read_task_run(uuid.UUID(t))).state for t in steps]
+    assert [st.type.value for st in step_states] == ["CRASHED", "COMPLETED"]
     # asked again (another reconciliation racing this one): nothing more is done
     assert asyncio.run(crash_flow_run(running, "again")) == "already Crashed"
 
@@ -127,3 +135,13 @@ def _flow():
         pass
 
     return probe
+
+
+def _task():
+    from prefect import task
+
+    @task(name="0-probe-step")
+    def step() -> None:
+        pass
+
+    return step
