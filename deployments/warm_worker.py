@@ -112,6 +112,45 @@ with warnings.catch_warnings():
             self.warm_flows = {entrypoint: import_entrypoint(entrypoint) for entrypoint in warm}
             self._deployment_entrypoints: dict[UUID, str | None] = {}
             self._threads = anyio.CapacityLimiter(WARM_THREADS)  # not anyio's pool, which the worker uses too
+            self.listening = asyncio.Event()  # set while subscribed to the server's event stream
+
+        async def start(self, *args: Any, **kwargs: Any) -> None:
+            """Prefect's worker loops, plus a poll at once whenever the server announces a
+            run Scheduled in this pool (`wake_on_scheduled`)."""
+            async with anyio.create_task_group() as group:
+                group.start_soon(self.wake_on_scheduled)
+                try:
+                    await super().start(*args, **kwargs)
+                finally:
+                    group.cancel_scope.cancel()
+
+        def announces_a_run_for_me(self, event: Any) -> bool:
+            """A ``prefect.flow-run.Scheduled`` event of a run in this worker's pool (or one
+            that does not say which pool)."""
+            pools = [r for r in event.related if r.get("prefect.resource.role") == "work-pool"]
+            return not pools or any(r.get("prefect.resource.name") == self._work_pool_name for r in pools)
+
+        async def wake_on_scheduled(self) -> None:
+            """Take a run as soon as the automation (or anyone) schedules it, instead of at
+            the next poll: the worker subscribes to the server's event stream for
+            ``prefect.flow-run.Scheduled`` and polls on each one for its pool. The regular
+            poll (PREFECT_WORKER_QUERY_SECONDS) stays: it is the fallback whenever the
+            stream is down (reconnected after a second)."""
+            from prefect.events.clients import get_events_subscriber
+            from prefect.events.filters import EventFilter, EventNameFilter
+
+            only = EventFilter(event=EventNameFilter(name=["prefect.flow-run.Scheduled"]))
+            while True:
+                try:
+                    async with get_events_subscriber(filter=only) as subscriber:
+                        self.listening.set()
+                        async for event in subscriber:
+                            if self.announces_a_run_for_me(event) and self._has_successfully_synced:
+                                await self.get_and_submit_flow_runs()
+                except Exception as exc:  # the poll carries on meanwhile
+                    logger.debug("event stream: %s; reconnecting in 1 s", exc)
+                self.listening.clear()
+                await anyio.sleep(1)
 
         async def warm_flow_for(self, flow_run: Any) -> Any | None:
             """The imported flow that runs ``flow_run`` here, or None (its own process)."""

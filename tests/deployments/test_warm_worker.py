@@ -131,3 +131,37 @@ def test_a_warm_run_gets_a_fresh_context_with_the_callers_settings(prefect_api, 
     assert result == [0]
     final = asyncio.run(read())
     assert final.state_name == "Completed" and "leaked" not in final.tags
+
+
+def test_a_scheduled_run_is_taken_at_once_not_at_the_next_poll(prefect_api, tmp_path):
+    """The worker's own poll is an hour apart here: only the wake-up on the server's
+    ``prefect.flow-run.Scheduled`` event can take the run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
+
+    pool = f"wake-{uuid.uuid4().hex[:6]}"
+
+    async def go():
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            dep = await _deployment(client, pool, PROBE)
+            worker = WarmProcessWorker(work_pool_name=pool, warm=[PROBE])
+            started = asyncio.create_task(worker.start())
+            try:
+                await asyncio.wait_for(worker.listening.wait(), 60)
+                while not worker._has_successfully_synced:  # its first poll is done: the next is an hour away
+                    await asyncio.sleep(0.1)
+                run = await client.create_flow_run_from_deployment(dep, parameters={"out": str(tmp_path / "o")})
+                t0 = asyncio.get_running_loop().time()
+                while (state := (await client.read_flow_run(run.id)).state) is None or not state.is_final():
+                    assert asyncio.get_running_loop().time() - t0 < 30, f"still {state.name} after 30 s"
+                    await asyncio.sleep(0.1)
+                return state.name, asyncio.get_running_loop().time() - t0
+            finally:
+                started.cancel()
+                await asyncio.gather(started, return_exceptions=True)
+
+    with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: 3600}):
+        name, took = asyncio.run(go())
+    assert name == "Completed" and took < 30
