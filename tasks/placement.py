@@ -8,6 +8,7 @@ retryable errors (connection, rate limit) propagate so the task retries."""
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,12 +45,30 @@ def to_order(row: dict) -> Order:
     )
 
 
-async def place_one(ctx: ExecutionContext, order: Order) -> OrderResult:
-    """Look up by client id first; place only if the broker has never seen the order."""
-    existing = await ctx.broker.get_order_by_client_id(order.client_order_id, order.symbol)
-    if existing is not None:
-        return existing
+async def place_one(ctx: ExecutionContext, order: Order, *, first_send: bool = False) -> OrderResult:
+    """Look up by client id first; place only if the broker has never seen the order.
+
+    ``first_send``: the caller knows the order cannot have been sent before (see
+    `never_sent`), so the lookup is skipped. Every send is remembered in
+    ``ctx.sent_client_ids`` first, so a retry of the same order always looks it up."""
+    if not (first_send and order.client_order_id not in ctx.sent_client_ids):
+        existing = await ctx.broker.get_order_by_client_id(order.client_order_id, order.symbol)
+        if existing is not None:
+            return existing
+    ctx.sent_client_ids.add(order.client_order_id)
     return await ctx.broker.place_order(order)
+
+
+def never_sent(ctx: ExecutionContext, row: dict) -> bool:
+    """An order step 3 made for a signal this run claimed in the ledger (the claim is the
+    database's ``INSERT .. ON CONFLICT DO NOTHING``: no run sharing the ledger has seen the
+    signal), and this process has not sent yet: it cannot be at the venue, so placing it
+    needs no lookup first. ``TRADPAL_PLACEMENT_LOOKUP=always`` looks up every order anyway
+    (several ledgers trading one account, or a ledger restored from an old backup)."""
+    if os.environ.get("TRADPAL_PLACEMENT_LOOKUP", "").strip().lower() == "always":
+        return False
+    claimed = getattr(ctx.recorder, "claimed_here", None)
+    return bool(claimed is not None and claimed(str(row["signal_id"])))
 
 
 async def place_orders(checked: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
@@ -65,7 +84,7 @@ async def place_orders(checked: pd.DataFrame, ctx: ExecutionContext) -> StepResu
         async with limit:
             crash_point("placement.sent")
             try:
-                result = await place_one(ctx, order)
+                result = await place_one(ctx, order, first_send=never_sent(ctx, row))
             except (InsufficientFundsError, InvalidOrderError) as exc:
                 crash_point("placement.acked")
                 outcomes[i] = ("refused", f"{type(exc).__name__}: {exc.broker_message}")

@@ -93,6 +93,11 @@ class LedgerRecorder:
         self._claimed.update(got)
         return set(signals["signal_id"]) - set(got)
 
+    def claimed_here(self, signal_id: str) -> bool:
+        """Whether this recorder's `claim_signals` inserted ``signal_id``: the ledger had
+        never seen it, so no run sharing this ledger can have sent its orders before."""
+        return signal_id in self._claimed
+
     def active_breakers(self, now: pd.Timestamp) -> list[dict]:
         return self.ledger.active_breakers(now.floor("us").to_pydatetime())
 

@@ -150,3 +150,32 @@ def test_a_refusal_is_recorded_with_the_brokers_own_message(error: Exception) ->
     result = place(checked_frame(raw_signals({}, {}), ctx), ctx)
     assert result.frame["signal_id"].tolist() == ["s2"]
     assert result.rejected["reason"].tolist() == [f"{type(error).__name__}: {error.broker_message}"]
+
+
+def _claimed_context(ledger):
+    from tests.tasks.conftest import ledger_context
+
+    return ledger_context(ledger, broker=flaky({"get_order_by_client_id": 0, "place_order": 0},
+                                               BrokerConnectionError("unused")))
+
+
+def test_an_order_for_a_signal_this_run_claimed_is_sent_without_a_lookup(ledger) -> None:
+    ctx = _claimed_context(ledger)
+    checked = run_through(raw_signals({}, {}), ctx, "pre_checks")  # intake claimed s1, s2 in the ledger
+    assert ctx.recorder.claimed_here("s1") and ctx.recorder.claimed_here("s2")
+    first = place(checked, ctx).frame
+    assert ctx.broker.calls == {"get_order_by_client_id": 0, "place_order": 2}
+    again = place(checked, ctx).frame  # the same orders again (a retry): each is looked up and found
+    assert ctx.broker.calls == {"get_order_by_client_id": 2, "place_order": 2}
+    assert again["broker_order_id"].tolist() == first["broker_order_id"].tolist()
+
+
+def test_every_order_is_looked_up_when_asked_or_when_the_signal_was_not_claimed_here(ledger, monkeypatch) -> None:
+    monkeypatch.setenv("TRADPAL_PLACEMENT_LOOKUP", "always")
+    ctx = _claimed_context(ledger)
+    place(run_through(raw_signals({}), ctx, "pre_checks"), ctx)
+    assert ctx.broker.calls == {"get_order_by_client_id": 1, "place_order": 1}
+    monkeypatch.delenv("TRADPAL_PLACEMENT_LOOKUP")
+    ctx = build_context(broker=flaky({"get_order_by_client_id": 0, "place_order": 0}, BrokerConnectionError("x")))
+    place(checked_frame(raw_signals({}), ctx), ctx)  # no ledger claim (a recorder that claims nothing)
+    assert ctx.broker.calls == {"get_order_by_client_id": 1, "place_order": 1}
