@@ -106,14 +106,17 @@ def intake_signals(raw: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
                 for p in bad_ts.nonzero()[0]]
     # no quantity at all is not malformed: sizing decides (method 'signal' rejects it there)
     problems += [p for p in check_signal_rows(df) if not (p[1] == "quantity" and no_qty[p[0]])]
-    problems += _order_problems(raw, df)
+    own = [c for c in ("time_in_force", "stop_loss", "take_profit", "trailing_stop") if c in raw]
+    if own:  # the signal's own order and bracket settings (absent: nothing to check)
+        problems += _order_problems(raw, df)
     for pos, col, why in sorted(problems, key=lambda p: p[0]):
         if reasons.iat[pos] is None:
             reasons.iat[pos] = f"{col}: {why}"
     dup = df["signal_id"].duplicated() & reasons.isna()
     reasons[dup] = "duplicate signal_id in this batch"
     _fill_reference_prices(df, ctx, reasons.isna().to_numpy())
-    for pos, col, why in _level_problems(df, reasons, ctx):
+    levels = [c for c in own if c != "time_in_force"]
+    for pos, col, why in (_level_problems(df, reasons, ctx) if levels else ()):
         reasons.iat[pos] = f"{col}: {why}"
     good = df.loc[reasons.isna()].reset_index(drop=True)
     # the ledger claim: whoever inserts a signal id first owns it (another run, another worker)
@@ -121,7 +124,8 @@ def intake_signals(raw: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
     again = df["signal_id"].isin(taken) & reasons.isna()
     reasons[again] = "signal already received (re-delivery ignored; see its first record in the ledger)"
     good = good[~good["signal_id"].isin(taken)].reset_index(drop=True)
-    _record_levels(good, ctx)
+    if levels:
+        _record_levels(good, ctx)
     bad = reasons.notna().to_numpy()
     rejected = rejections(df.loc[bad, "signal_id"], reasons[bad])
     return StepResult(good[COLUMNS], rejected)
@@ -132,9 +136,10 @@ def _order_problems(raw: pd.DataFrame, df: pd.DataFrame) -> list[tuple[int, str,
     from tasks.contracts import TIME_IN_FORCE
 
     out = []
-    for pos in np.flatnonzero(~df["time_in_force"].isin([None, *TIME_IN_FORCE]).to_numpy()):
-        out.append((int(pos), "time_in_force", f"unknown time_in_force {raw['time_in_force'].iat[pos]!r} "
-                                               f"(expected {', '.join(TIME_IN_FORCE)})"))
+    known = {None, *TIME_IN_FORCE}
+    for pos in [i for i, v in enumerate(df["time_in_force"].tolist()) if v not in known]:
+        out.append((pos, "time_in_force", f"unknown time_in_force {raw['time_in_force'].iat[pos]!r} "
+                                          f"(expected {', '.join(TIME_IN_FORCE)})"))
     for col in ("stop_loss", "take_profit"):
         if col in raw:
             given = raw[col].notna().to_numpy() if hasattr(raw[col], "notna") else np.ones(len(df), dtype=bool)
