@@ -14,6 +14,7 @@ protective: no order timeout cancels them and a live pass does not wait for them
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from brokers.base import InvalidOrderError, OrderNotFoundError, OrderResult, OrderStatus
@@ -168,15 +169,28 @@ async def monitor_executions(placed: pd.DataFrame, ctx: ExecutionContext) -> Ste
                                         refused["client_order_id"]))
 
 
+_UTC = pd.DatetimeTZDtype("ns", "UTC")
+_OBJECT = np.dtype(object)
+
+
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The reports in the contract's types, in time order. A column already of its type
+    is left as it is (the reports of a live pass usually are: a few rows, built typed)."""
     for col in ("timestamp", "signal_time", "placed_at"):
-        frame[col] = pd.to_datetime(frame[col], utc=True).astype("datetime64[ns, UTC]")
+        if frame[col].dtype != _UTC:
+            frame[col] = pd.to_datetime(frame[col], utc=True).astype("datetime64[ns, UTC]")
     for col in ("last_qty", "last_px", "last_fee", "model_price", "order_qty", "cum_qty", "avg_px", "cum_fee",
                 "reference_price"):
-        frame[col] = pd.to_numeric(frame[col]).astype("float64")
-    frame["is_maker"] = frame["is_maker"].astype(bool)
+        if frame[col].dtype != np.float64:
+            frame[col] = pd.to_numeric(frame[col]).astype("float64")
+    if frame["is_maker"].dtype != bool:
+        frame["is_maker"] = frame["is_maker"].astype(bool)
     for col in ("client_order_id", "broker_order_id", "signal_id", "symbol", "side", "strategy", "exec_type", "status"):
-        frame[col] = frame[col].astype(object)
+        if frame[col].dtype != _OBJECT:
+            frame[col] = frame[col].astype(object)
     for col in ("trade_id", "fee_currency", "reason"):
-        frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
-    return frame.sort_values(["timestamp"], kind="stable").reset_index(drop=True)
+        if frame[col].dtype != _OBJECT or len(frame) > 64 or any(v is not None and v != v for v in frame[col]):
+            frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
+    if len(frame) > 1 and not frame["timestamp"].is_monotonic_increasing:
+        frame = frame.sort_values(["timestamp"], kind="stable")
+    return frame.reset_index(drop=True)
