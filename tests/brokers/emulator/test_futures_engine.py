@@ -114,3 +114,12 @@ def test_the_cli_serves_a_futures_account(capsys: pytest.CaptureFixture[str], tm
         stop.set()
         thread.join(10)
     assert done == [0]
+
+
+def test_a_market_order_beyond_the_bars_liquidity_fills_partly_and_margins_only_that() -> None:
+    e = engine(volume=3.0)  # 3 BTC offered by the bar
+    order = e.place(SYMBOL, Side.SELL, "MARKET", D(5), client_order_id="big")
+    assert (order.status, order.executed, order.reserved) == ("EXPIRED", D(3), D(0))
+    pos = e.position(SYMBOL)
+    assert (pos.qty, pos.margin) == (D(-3), D(300) / 20)  # the rest released, never margined
+    assert e.free("USDT") == D(1000) - D(15) - D("0.15") and e.order_margin() == 0
