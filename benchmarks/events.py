@@ -98,10 +98,12 @@ async def _measure(api_url: str, n: int, gap: float = 0.0) -> dict[str, np.ndarr
             out["to_pending"].append(states["PENDING"] - created)
             out["to_running"].append(states["RUNNING"] - states["PENDING"])
             out["run"].append(end - states["RUNNING"])
+            print(" ".join(f"{k}={v[-1]:.3f}" for k, v in out.items()), sid, file=sys.stderr, flush=True)
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def main(n: int = 12, database: str = "sqlite", worker: str = "warm", gap: float = 0.0) -> None:
+def main(n: int = 12, database: str = "sqlite", worker: str = "warm", gap: float = 0.0,
+         query_seconds: float = 0.5) -> None:
     from deployments.stack import StackConfig, down, up
 
     if database == "postgresql":
@@ -111,7 +113,7 @@ def main(n: int = 12, database: str = "sqlite", worker: str = "warm", gap: float
                 return
     with isolated_prefect() as tmp:
         config = StackConfig(dir=tmp / "stack", port=_free_port(), database=database, worker=worker,
-                             db_prefix=f"tp_bench_{uuid.uuid4().hex[:6]}")
+                             query_seconds=query_seconds, db_prefix=f"tp_bench_{uuid.uuid4().hex[:6]}")
         config.extra_env = {"TRADPAL_DATABASE_URL": config.ledger_url() or f"sqlite:///{tmp / 'ledger.db'}",
                             "PREFECT_LOGGING_LEVEL": "WARNING"}
         t0 = time.perf_counter()
@@ -126,7 +128,8 @@ def main(n: int = 12, database: str = "sqlite", worker: str = "warm", gap: float
             down(config.dir)
             if database == "postgresql":
                 _drop(config)
-    total, tag = times["total"], f"{database}_{worker}" + (f"_gap{gap:g}" if gap else "")
+    tag = f"{database}_{worker}" + (f"_gap{gap:g}" if gap else "") + (f"_q{query_seconds:g}" if query_seconds != 0.5 else "")
+    total = times["total"]
     load = os.getloadavg()[0]
     emit(f"events_emit_to_completed_{tag}_p50", float(np.percentile(total, 50)), "s", "<= 3", n=n, load=round(load, 1))
     emit(f"events_emit_to_completed_{tag}_p99", float(np.percentile(total, 99)), "s", None, n=n)
@@ -148,5 +151,6 @@ if __name__ == "__main__":
     parser.add_argument("database", nargs="?", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--worker", choices=["warm", "process"], default="warm")
     parser.add_argument("--gap", type=float, default=0.0, help="seconds between a run's end and the next event")
+    parser.add_argument("--query-seconds", type=float, default=0.5, help="the worker's poll interval")
     args = parser.parse_args()
-    main(args.n, args.database, args.worker, args.gap)
+    main(args.n, args.database, args.worker, args.gap, args.query_seconds)
