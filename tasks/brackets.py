@@ -295,7 +295,9 @@ class BracketPass:
             if final:
                 self._set(replace(b, entry_done=True))
             return
-        assert b.levels is not None and b.rule is not None and entry.executed_price is not None
+        assert entry is not None and b.levels is not None and b.rule is not None
+        assert entry.executed_price is not None
+        rule = b.rule
         avg, qty = float(entry.executed_price), filled
         if entry.fee_currency and entry.fee_currency == b.symbol.split("/")[0]:
             qty -= float(entry.fees or 0.0)  # a fee taken in the base asset: the legs sell what was received
@@ -318,7 +320,7 @@ class BracketPass:
                 prices[n], legs[n] = price, client_order_id(b.signal_id, n, prefix)
         b = replace(b, legs=legs)
         placed: dict[int, OrderResult] = {}
-        problems = [] if growing else skipped_legs(b.rule, stop, target, avg)
+        problems = [] if growing else skipped_legs(rule, stop, target, avg)
         for leg in prices:
             result, why = await _place_leg(ctx, _leg_order(b, leg, qty, prices[leg], ctx.clock.now()))
             if why:
@@ -335,7 +337,7 @@ class BracketPass:
                      final=final)
         await self._poll_legs([r.client_order_id for r in placed.values()])
 
-    def _opened(self, b: Bracket, entry: OrderResult, placed: dict[int, OrderResult], prices: dict[int, float],
+    def _opened(self, b: Bracket, entry: OrderResult, placed: dict[int, OrderResult], prices: dict[int, float | None],
                 qty: float, avg: float, replaced: dict[int, str] | None, problems: list[str], *,
                 filled: float | None = None, final: bool = True) -> None:
         """The bracket with its (new) legs: state, memory, ledger rows and the audit row."""
