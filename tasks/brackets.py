@@ -311,7 +311,7 @@ class BracketPass:
                                     f"the bracket grows to {qty:g}: the entry {b.entry} filled more")
             if any(self._filled(c) for c in old.values()):
                 return  # a leg filled before it could be replaced: _watch closes the bracket
-        prices: dict[int, float] = {}
+        prices: dict[int, float | None] = {}
         legs: dict[int, str] = {}
         prefix = ctx.config.client_id_prefix
         for price, target_leg in ((stop, False), (target, True)):  # the stop first: on a bar that reaches both, it wins
