@@ -206,7 +206,7 @@ async def test_a_duplicate_client_id_creates_no_second_order(
 
     # Binance lets a client id be reused once its order is closed: placement's look-up
     # before placing is what keeps a retried market order from filling twice.
-    ctx = SimpleNamespace(broker=broker)
+    ctx = SimpleNamespace(broker=broker, sent_client_ids=set())
     market = order(Side.BUY, OrderType.MARKET, 1.0, "tp-dup-2")
     placed = await place_one(ctx, market)  # type: ignore[arg-type]
     retried = await place_one(ctx, market)  # type: ignore[arg-type]
@@ -266,7 +266,7 @@ async def test_a_lost_answer_is_found_again_by_client_id(broker: CcxtBroker, emu
         await broker.place_order(market)
     assert caught.value.retryable
 
-    retried = await place_one(SimpleNamespace(broker=broker), market)  # type: ignore[arg-type]
+    retried = await place_one(SimpleNamespace(broker=broker, sent_client_ids=set()), market)  # type: ignore[arg-type]
     assert retried.status is OrderStatus.FILLED and retried.client_order_id == "tp-lost-1"
     assert len(emulator.engine.orders) == 1
 

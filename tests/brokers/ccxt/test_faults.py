@@ -39,9 +39,10 @@ async def place_retrying(broker: CcxtBroker, order: Order) -> tuple[OrderResult,
     """Step 5's placement with the Prefect task's retry policy: retryable errors are
     retried after 0.5 / 1 / 2 s, each attempt looking the client id up first."""
     errors: list[BrokerError] = []
+    ctx = SimpleNamespace(broker=broker, sent_client_ids=set())  # what place_one reads of the context
     for delay in [*RETRY_DELAYS, None]:
         try:
-            return await place_one(SimpleNamespace(broker=broker), order), errors  # type: ignore[arg-type]
+            return await place_one(ctx, order), errors  # type: ignore[arg-type]
         except BrokerError as exc:
             errors.append(exc)
             if not exc.retryable or delay is None:
