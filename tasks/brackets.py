@@ -82,7 +82,9 @@ class BracketPass:
         self.audit: list[dict] = []
         self.alerts: list[tuple[str, str, str, str]] = []  # (key, title, body, level)
         self.restored = ctx.brackets_restored
-        self.used_specs: list[str] = []  # signal ids whose own levels went into a bracket (dropped in commit)
+        # the levels signals carried (step 1) are used by this batch's pass or never (the signal was refused
+        # at steps 2-5): all of those seen here are dropped in commit
+        self.seen_specs = set(ctx.signal_brackets)
 
     @property
     def risk(self):
@@ -127,7 +129,6 @@ class BracketPass:
                                            stop_client_order_id=b.legs[STOP_LEG],
                                            target_client_order_id=b.legs[TARGET_LEG], trailing=rule.trailing)
         self.brackets[b.entry] = b
-        self.used_specs.append(b.signal_id)
 
     async def _restore(self) -> None:
         """Open legs in the ledger (a restarted process) join this pass's memory."""
@@ -528,7 +529,7 @@ class BracketPass:
                     for k, t, body, lv in self.alerts]
             ctx.recorder.record_alerts(sent, prov)
         ctx.brackets = {k: b for k, b in self.brackets.items() if b.state != "closed"}
-        for sid in self.used_specs:
+        for sid in self.seen_specs:
             ctx.signal_brackets.pop(sid, None)
         ctx.brackets_restored = self.restored
 

@@ -311,3 +311,13 @@ def test_an_entry_filled_while_down_gets_its_bracket_after_reconciliation(ledger
     again.monitor_until = t(5)
     run_through(raw_signals({}).iloc[0:0], again)
     assert [r["entry"] for r in audit(ledger, "bracket.resumed") if "entry" in r] == [leg(0)]
+
+
+def test_levels_of_a_signal_refused_after_intake_are_not_kept() -> None:
+    # 1e6 units cannot be paid: refused at step 4; its levels (kept from step 1 for the
+    # monitoring step) are dropped with the batch, as are those of the one that traded
+    ctx = build_context(market={SYM: bars([ENTRY, QUIET])}, config=NO_RULE)
+    ctx.monitor_until = t(2)
+    run_through(raw_signals({"signal_id": "big", "quantity": 1e6, "stop_loss": 90.0},
+                            {"signal_id": "ok", "stop_loss": 90.0}), ctx)
+    assert ctx.signal_brackets == {} and set(ctx.brackets) == {leg(0, "ok")}
