@@ -8,12 +8,19 @@ are sells for the quantity the entry filled (spot: a long position is protected;
 sell entry gets no bracket). Their client order ids are deterministic: leg 1 is the
 stop, leg 2 the target (`tasks.orders.client_order_id`).
 
+A signal may carry its own levels (``stop_loss``, ``take_profit``: absolute prices;
+``trailing_stop``): `rule_with_signal` puts them in place of the rule's legs and says
+where each leg came from; `signal_level_problem` is the check at the door and at step 1.
+
 The monitoring step (6) runs them: natively where the broker declares
 ``supports_brackets`` (the paper broker), else emulated with plain orders (it places the
-legs when the entry has filled and cancels the other leg on the first fill). Every leg
+legs as the entry fills — for what has filled, growing with it: stop legs 1, 3, 4, ...,
+target legs 2, 500, 501, ... — and cancels the other leg on the first fill). Every leg
 is an order in the ledger under the entry's signal; the bracket's life is in the audit
-log (``bracket.opened`` / ``bracket.closed``); open legs are found again from the ledger
-after a restart (`open_legs`).
+log (``bracket.requested`` / ``opened`` / ``grown`` / ``resumed`` / ``closed``); open legs
+(`open_legs`) and entries still working or filled while the process was down
+(`working_entries`, with the levels their signals carried: `recorded_specs`) are found
+again from the ledger after a restart.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The monitoring step's part of brackets (`risk.brackets`): attach or place the legs,
 keep the OCO promise, record the legs in the ledger and the bracket's life in the audit
-log, alert when a stop is hit or a leg cannot be placed, and take open legs over from
-the ledger after a restart.
+log, alert when a stop is hit or a leg cannot be placed, protect a partly filled entry
+as it fills (emulated: the legs grow with it), and take open legs and working entries
+over from the ledger after a restart.
 
 One `BracketPass` per monitoring call works on that call's memory and reports; its
 changes reach ``ctx`` only in `commit`, so a failed pass (retried by its task) leaves
