@@ -39,6 +39,21 @@ def test_process_still_means_prefects_process_worker_where_the_warm_worker_is_im
     assert WarmProcessWorker.type == "process"  # it serves process pools
 
 
+def test_only_a_run_scheduled_in_its_own_pool_wakes_the_worker():
+    from prefect.events import Event
+
+    worker = WarmProcessWorker(work_pool_name="tradpal", warm=[])
+
+    def scheduled(*pools: str) -> Event:
+        return Event(event="prefect.flow-run.Scheduled", resource={"prefect.resource.id": "prefect.flow-run.1"},
+                     related=[{"prefect.resource.id": f"prefect.work-pool.{p}", "prefect.resource.name": p,
+                               "prefect.resource.role": "work-pool"} for p in pools])
+
+    assert worker.announces_a_run_for_me(scheduled("tradpal"))
+    assert not worker.announces_a_run_for_me(scheduled("tradpal-k8s"))
+    assert worker.announces_a_run_for_me(scheduled())  # no pool named: a poll costs little
+
+
 def test_an_entrypoint_is_imported_once_as_a_module_of_this_checkout():
     from flows.live_execution import live_execution
 
