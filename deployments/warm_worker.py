@@ -9,7 +9,9 @@ entrypoint is in ``warm`` (by default ``flows/live_execution.py:live_execution``
 event-triggered one) run inside the worker's own process, in a thread of their own with their
 own event loop, through Prefect's own flow engine (`prefect.flow_engine.run_flow`), from the
 flow imported once at start-up. Every other run (replays, analytics, the risk monitor) gets its
-own process as usual.
+own process as usual. It also takes a run as soon as the server announces it Scheduled in its
+pool (it subscribes to ``prefect.flow-run.Scheduled`` on the server's event stream), not only at
+its next poll (PREFECT_WORKER_QUERY_SECONDS, 0.5 s under `make up`, the fallback).
 
 What a warm run does not get, by design (each falls back to a process when it matters):
 - its deployment's pull steps: the code is the worker's own checkout, imported at start-up
