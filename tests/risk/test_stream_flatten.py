@@ -88,3 +88,37 @@ def test_a_loss_limit_flatten_in_the_stream_sells_the_position_through_the_queue
         assert [b["name"] for b in ledger.active_breakers()] == ["loss_limit"]
     finally:
         ledger.close()
+
+
+@pytest.mark.xfail(strict=False, reason="flows/live_stream.py on_batch re-queues a flatten only while the queue is "
+                                        "open: a flatten raised by a batch that runs during the drain (after "
+                                        "SIGTERM) is audited (risk.flatten) but never ordered; the run completes "
+                                        "with the position open. Not strict: it depends on the SIGTERM arriving "
+                                        "before that batch's step 7")
+def test_a_flatten_raised_while_the_stream_drains_is_still_ordered(prefect_api, tmp_path, monkeypatch) -> None:
+    import httpx
+
+    from tests.conftest import start_live_stream
+
+    (tmp_path / "risk.yaml").write_text(RISK)
+    monkeypatch.setenv("TRADPAL_RISK_CONFIG", str(tmp_path / "risk.yaml"))
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+
+    async def go():
+        run, url = await start_live_stream(tmp_path, db)
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            buy = await client.post("/signals", json=signal("dr-buy"))
+        os.kill(os.getpid(), signals.SIGTERM)  # at once: the buy's steps 6-8 (the trip) run during the drain
+        return buy, await run
+
+    buy, summary = asyncio.run(go())
+    assert buy.json()["results"][0]["status"] == "FILLED" and summary["ok"]
+    ledger = Ledger(db)
+    try:
+        audit = ledger.frame("audit_log")
+        raised = audit.loc[audit["event"] == "risk.flatten", "entity_id"].tolist()
+    finally:
+        ledger.close()
+    assert len(raised) == 1  # the breaker tripped and asked for the flatten
+    flat = flatten_orders(db)
+    assert len(flat) == 1 and flat["status"].tolist() == ["FILLED"]
