@@ -15,7 +15,7 @@ from tradpal import progress
 from tradpal.config import load_settings
 from tradpal.ledger import Ledger
 from tradpal.quality import check_market_data
-from tradpal.replay import ReplayInputs, ReplayParams, load_inputs, run_replay, write_outputs
+from tradpal.replay import ReplayInputs, ReplayParams, frozen_heap, load_inputs, run_replay, write_outputs
 from tradpal.reporting import summary_markdown
 
 
@@ -31,7 +31,8 @@ def market_data_gate_task(inputs: ReplayInputs, out: str | None, max_gap_multipl
     frames = inputs.markets or {"bars": inputs.bars}
     for name, bars in frames.items():
         docs = f"{out}/data_docs/market_data/{name.replace('/', '-')}" if out else None
-        result = check_market_data(bars, max_gap_multiple=max_gap_multiple, data_docs_dir=docs)
+        with frozen_heap():  # GX allocates enough for full collections over the whole process heap
+            result = check_market_data(bars, max_gap_multiple=max_gap_multiple, data_docs_dir=docs)
         create_markdown_artifact(key="market-data-quality", markdown=result.to_markdown(),
                                  description=f"market data {name}")
         result.raise_for_failure()

@@ -122,13 +122,13 @@ def check_market_data(bars: pd.DataFrame, *, timeframe: pd.Timedelta | None = No
     _require(bars, OHLCV, "bars")
     if not max_gap_multiple > 0:
         raise ValueError(f"max_gap_multiple must be > 0, got {max_gap_multiple!r}")
-    frame = bars[OHLCV].reset_index(drop=True)
-    ts = pd.to_datetime(frame["timestamp"], utc=True)
-    spacing = ts.diff()
-    tf = _timeframe(spacing, timeframe)
-    frame["previous_timestamp"] = frame["timestamp"].shift(1)
-    frame["gap_ratio"] = spacing / tf if tf is not None else np.nan
-    frame = frame.copy()  # one block per dtype, once: GX copies the frame per metric (re-merging 1 M-row blocks each time)
+    with pd.option_context("mode.copy_on_write", True):  # no 1 M-row copies: bars stay as they are
+        frame = bars[OHLCV].reset_index(drop=True)
+        ts = pd.to_datetime(frame["timestamp"], utc=True)
+        spacing = ts.diff()
+        tf = _timeframe(spacing, timeframe)
+        frame["previous_timestamp"] = frame["timestamp"].shift(1)
+        frame["gap_ratio"] = spacing / tf if tf is not None else np.nan
     limit = f"{max_gap_multiple:g} x {_duration(tf)}" if tf is not None else "(no timeframe: fewer than 2 bars)"
     expectations: list[tuple[str, dict[str, Any], str]] = [
         ("ExpectColumnValuesToBeUnique", {"column": "timestamp"}, "bar timestamps are unique"),
