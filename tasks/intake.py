@@ -158,42 +158,51 @@ def _level_problems(df: pd.DataFrame, reasons: pd.Series, ctx: ExecutionContext)
     """A signal's own bracket levels against its side and reference price (`risk.brackets`)."""
     from risk.brackets import signal_level_problem
 
-    carry = (df["stop_loss"].notna() | df["take_profit"].notna() | df["trailing_stop"]).to_numpy() \
-        & reasons.isna().to_numpy()
+    sl, tp = df["stop_loss"].to_numpy("float64"), df["take_profit"].to_numpy("float64")
+    trailing = df["trailing_stop"].to_numpy(bool)
+    carry = (~np.isnan(sl) | ~np.isnan(tp) | trailing) & reasons.isna().to_numpy()
     if not carry.any():
         return []
     risk = ctx.config.risk
+    side, strategy, ref = df["side"].tolist(), df["strategy"].tolist(), df["reference_price"].tolist()
     out = []
-    for pos in np.flatnonzero(carry):
-        r = df.iloc[pos]
-        rule = risk.brackets.rule_for(r["strategy"]) if risk is not None else None
-        ref = r["reference_price"]
-        problem = signal_level_problem(r["side"], None if ref != ref else float(ref), r["stop_loss"],
-                                       r["take_profit"], bool(r["trailing_stop"]), rule)
+    for pos in np.flatnonzero(carry).tolist():
+        rule = risk.brackets.rule_for(strategy[pos]) if risk is not None else None
+        problem = signal_level_problem(side[pos], None if ref[pos] != ref[pos] else ref[pos], float(sl[pos]),
+                                       float(tp[pos]), bool(trailing[pos]), rule)
         if problem is not None:
-            out.append((int(pos), *problem))
+            out.append((pos, *problem))
     return out
 
 
 def _record_levels(good: pd.DataFrame, ctx: ExecutionContext) -> None:
     """Signals that carry their own bracket levels: kept in ``ctx.signal_brackets`` for the
-    monitoring step and recorded in the audit log (``bracket.requested``), where a
-    restarted process finds them again."""
+    monitoring step. The step's record writes them to the audit log (``bracket.requested``,
+    `requested_levels`) with the signals, before any order exists: a restarted process
+    finds them there."""
     from risk.brackets import signal_spec
 
-    carry = (good["stop_loss"].notna() | good["take_profit"].notna() | good["trailing_stop"]).to_numpy()
+    sl, tp = good["stop_loss"].to_numpy("float64"), good["take_profit"].to_numpy("float64")
+    trailing, ids = good["trailing_stop"].to_numpy(bool), good["signal_id"].tolist()
+    for pos in np.flatnonzero(~np.isnan(sl) | ~np.isnan(tp) | trailing).tolist():
+        ctx.signal_brackets[ids[pos]] = signal_spec(float(sl[pos]), float(tp[pos]), bool(trailing[pos]))
+
+
+def requested_levels(signals: pd.DataFrame, namespace: str) -> list[dict]:
+    """``bracket.requested`` audit rows for the signals of a `SignalFrame` that carry their
+    own bracket levels (none: an empty list, at the cost of three column reads)."""
+    from risk.brackets import signal_spec
+
+    if "stop_loss" not in signals or not len(signals):
+        return []
+    carry = ~np.isnan(signals["stop_loss"].to_numpy("float64")) | ~np.isnan(
+        signals["take_profit"].to_numpy("float64")) | signals["trailing_stop"].to_numpy(bool)
     if not carry.any():
-        return
-    rows = []
-    for r in good.loc[carry].to_dict("records"):
-        spec = signal_spec(r["stop_loss"], r["take_profit"], r["trailing_stop"])
-        ctx.signal_brackets[r["signal_id"]] = spec
-        rows.append({"event": "bracket.requested", "entity": "signal", "entity_id": r["signal_id"],
-                     "payload": {**spec, "namespace": ctx.namespace, "source": "signal"}})
-    ledger = getattr(ctx.recorder, "ledger", None)
-    if ledger is not None:
-        with ledger.transaction() as s:
-            ledger.audit_many(s, rows, prov=_provenance(ctx))
+        return []
+    return [{"event": "bracket.requested", "entity": "signal", "entity_id": r["signal_id"],
+             "payload": {**signal_spec(r["stop_loss"], r["take_profit"], r["trailing_stop"]), "namespace": namespace,
+                         "source": "signal"}}
+            for r in signals.loc[carry].to_dict("records")]
 
 
 def _provenance(ctx: ExecutionContext):

@@ -177,6 +177,9 @@ class LedgerRecorder:
     def _intake(self, s, frame, prov, extra) -> list[dict] | None:
         unclaimed = frame[~frame["signal_id"].isin(self._claimed)]  # claimed ones are in already
         self.ledger.record_signals(s, unclaimed, namespace=self.namespace, prov=prov)
+        from tasks.intake import requested_levels
+
+        return requested_levels(frame, self.namespace)  # a signal's own bracket levels, for a restart
 
     def _sizing(self, s, frame, prov, extra) -> list[dict] | None:
         """Each sized signal's method and inputs, in the audit log."""
