@@ -24,6 +24,10 @@ What a warm run does not get, by design (each falls back to a process when it ma
 - unbounded concurrency: at most ``WARM_THREADS`` (64) warm runs at once, one thread each (a
   run waiting for a person's approval holds its thread); more wait for a free one.
 
+A warm flow whose module does not import (a broken edit, a missing dependency) is left to a
+process per run, with a warning in the worker's log: its runs then fail visibly in the UI, as
+with Prefect's process worker, rather than the worker not starting at all.
+
     python -m deployments.warm_worker --pool tradpal [--warm ENTRYPOINT ...] [--limit N]
     TRADPAL_WARM_FLOWS=""   # (empty) no warm flows: a plain process worker
 """
@@ -60,17 +64,38 @@ def warm_entrypoints(env: dict[str, str] | None = None) -> tuple[str, ...]:
     return tuple(e.strip() for e in value.split(",") if e.strip())
 
 
-def import_entrypoint(entrypoint: str) -> Any:
-    """The flow behind ``path/to/module.py:name``, imported as a module of this checkout
-    (``flows/live_execution.py:live_execution`` -> ``flows.live_execution.live_execution``)."""
+def module_of(entrypoint: str) -> tuple[str, str]:
+    """``path/to/module.py:name`` -> (``path.to.module``, ``name``); ValueError if malformed."""
     path, _, name = entrypoint.partition(":")
     if not path.endswith(".py") or not name or path.startswith(("/", ".")):
         raise ValueError(f"warm flow {entrypoint!r}: expected a relative path/to/module.py:flow_name")
-    module = importlib.import_module(path[:-3].replace("/", "."))
+    return path[:-3].replace("/", "."), name
+
+
+def import_entrypoint(entrypoint: str) -> Any:
+    """The flow behind ``path/to/module.py:name``, imported as a module of this checkout
+    (``flows/live_execution.py:live_execution`` -> ``flows.live_execution.live_execution``)."""
+    module_name, name = module_of(entrypoint)
+    module = importlib.import_module(module_name)
     flow = getattr(module, name, None)
     if flow is None or not hasattr(flow, "fn"):
         raise ValueError(f"warm flow {entrypoint!r}: {name!r} is not a flow of {module.__name__}")
     return flow
+
+
+def import_warm_flows(entrypoints: Iterable[str]) -> dict[str, Any]:
+    """The flows to run warm, by entrypoint. One that cannot be imported (a broken module,
+    a missing dependency) is left out with a warning: its runs then get a process each, as
+    with Prefect's process worker, and fail there visibly in the UI with the import error,
+    instead of the worker not starting and every signal waiting Scheduled."""
+    flows = {}
+    for entrypoint in entrypoints:
+        try:
+            flows[entrypoint] = import_entrypoint(entrypoint)
+        except Exception as exc:
+            logger.warning("warm flow %s not imported (%s: %s): its runs get a process each",
+                           entrypoint, type(exc).__name__, exc)
+    return flows
 
 
 def run_in_this_process(flow: Any, flow_run: Any) -> int:
@@ -111,7 +136,7 @@ with warnings.catch_warnings():
 
         def __init__(self, *args: Any, warm: Iterable[str] = WARM_ENTRYPOINTS, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.warm_flows = {entrypoint: import_entrypoint(entrypoint) for entrypoint in warm}
+            self.warm_flows = import_warm_flows(warm)
             self._deployment_entrypoints: dict[UUID, str | None] = {}
             self._threads = anyio.CapacityLimiter(WARM_THREADS)  # not anyio's pool, which the worker uses too
             self.listening = asyncio.Event()  # set while subscribed to the server's event stream
@@ -206,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         warm = tuple(args.warm) if args.warm else warm_entrypoints()
         for entrypoint in warm:
-            import_entrypoint(entrypoint)  # a bad entrypoint: one line, before anything starts
-    except (ValueError, ImportError) as exc:
+            module_of(entrypoint)  # a malformed entrypoint: one line, before anything starts
+    except ValueError as exc:
         print(f"warm_worker: error: {exc}", file=sys.stderr)
         return 2
     setup_signal_handlers_worker(os.getpid(), "the warm worker", print)  # SIGTERM: stop polling, finish runs

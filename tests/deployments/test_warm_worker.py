@@ -66,11 +66,21 @@ def test_an_entrypoint_is_imported_once_as_a_module_of_this_checkout():
         import_entrypoint("tests/deployments/warm_flows.py:not_a_flow")
 
 
-def test_a_bad_warm_entrypoint_stops_the_worker_before_it_starts(capsys):
-    assert main(["--warm", "tests/deployments/no_such_module.py:f"]) == 2
+def test_a_malformed_warm_entrypoint_stops_the_worker_before_it_starts(capsys):
+    assert main(["--warm", "flows/live_execution.py"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("warm_worker: error: No module named 'tests.deployments.no_such_module'")
-    assert len(err.splitlines()) == 1
+    assert err == ("warm_worker: error: warm flow 'flows/live_execution.py': "
+                   "expected a relative path/to/module.py:flow_name")
+
+
+def test_a_warm_flow_that_does_not_import_is_left_to_a_process_with_a_warning(caplog):
+    """A broken module must not stop the worker (every signal would wait Scheduled): its
+    runs get a process each, and fail there, visibly in the UI."""
+    with caplog.at_level("WARNING", logger="tradpal.warm_worker"):
+        worker = WarmProcessWorker(work_pool_name="tradpal", warm=["tests/deployments/no_such_module.py:f", PROBE])
+    assert list(worker.warm_flows) == [PROBE]
+    assert ("warm flow tests/deployments/no_such_module.py:f not imported (ModuleNotFoundError: No module named "
+            "'tests.deployments.no_such_module'): its runs get a process each") in caplog.messages
 
 
 async def _deployment(client, pool: str, entrypoint: str, **kwargs):
