@@ -293,12 +293,14 @@ def fills_table(reports: pd.DataFrame, with_symbol: bool = False) -> pd.DataFram
     return table
 
 
-def summarize(params: ReplayParams, inputs: ReplayInputs, ctx: ExecutionContext, reports: pd.DataFrame) -> dict:
+def summarize(params: ReplayParams, inputs: ReplayInputs, ctx: ExecutionContext, reports: pd.DataFrame,
+              curve: pd.DataFrame | None = None) -> dict:
+    """The replay's summary (``curve``: the equity curve, if built already)."""
     book = ctx.book
     symbol = params.feeds[0][0]
     last_close = float(inputs.bars["close"].iloc[-1])
     position = float(book.positions.get(symbol, 0.0))
-    curve = equity_curve(ctx)
+    curve = equity_curve(ctx) if curve is None else curve
     fills = reports[reports["quantity"] > 0]
     entries = reports["client_order_id"].str.endswith("-0")  # not bracket legs (a cancelled leg is no signal unfilled)
     unfilled = int(((reports["exec_type"] == "CANCELED") & (reports["quantity"] == 0) & entries).sum())
@@ -454,6 +456,7 @@ async def run_replay(params: ReplayParams, inputs: ReplayInputs, ledger, *, call
         ledger.finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
         raise
     all_reports = pd.concat(reports, ignore_index=True)
-    summary = summarize(params, inputs, ctx, all_reports)
+    curve = equity_curve(ctx)
+    summary = summarize(params, inputs, ctx, all_reports, curve)
     summary.update(run_id=run_id, ledger=ledger.url, flow_run_id=flow_run_id)
-    return ReplayResult(summary, all_reports, equity_curve(ctx))
+    return ReplayResult(summary, all_reports, curve)
