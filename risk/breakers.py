@@ -41,14 +41,17 @@ def return_zscores(closes: np.ndarray, lookback: int) -> np.ndarray:
 
 
 def volatility_trip(symbol: str, stamps_ns: np.ndarray, closes: np.ndarray, start_ns: int, end_ns: int, *,
-                    lookback: int, z_threshold: float, cooldown: pd.Timedelta) -> Trip | None:
-    """The latest bar in (start, end] whose |z| passes the threshold, as a trip; else None."""
-    z = return_zscores(closes, lookback)
-    window = (stamps_ns > start_ns) & (stamps_ns <= end_ns) & (np.abs(z) > z_threshold)
-    hits = np.flatnonzero(window)
+                    lookback: int, z_threshold: float, cooldown: pd.Timedelta,
+                    zscores: np.ndarray | None = None) -> Trip | None:
+    """The latest bar in (start, end] whose |z| passes the threshold, as a trip; else None.
+    Bar times are in time order; ``zscores``: ``return_zscores(closes, lookback)`` if the
+    caller keeps it (a replay asks once per batch: computing it each time cost O(bars))."""
+    z = return_zscores(closes, lookback) if zscores is None else zscores
+    lo, hi = np.searchsorted(stamps_ns, [start_ns, end_ns], side="right")
+    hits = np.flatnonzero(np.abs(z[lo:hi]) > z_threshold)
     if len(hits) == 0:
         return None
-    i = hits[-1]
+    i = int(lo + hits[-1])
     at = pd.Timestamp(int(stamps_ns[i]), tz="UTC")
     return Trip("volatility_halt", symbol, f"bar return z-score {z[i]:.2f} beyond ±{z_threshold:g} at {at}",
                 float(abs(z[i])), z_threshold, at, at + cooldown)

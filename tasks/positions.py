@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from risk.breakers import Trip, loss_limit_trip, volatility_trip
+from risk.breakers import Trip, loss_limit_trip, return_zscores, volatility_trip
 from tasks.context import Book, ExecutionContext
 from tasks.step import StepResult
 
@@ -127,10 +127,15 @@ def breaker_trips(ctx: ExecutionContext, start_ns: int, end_ns: int) -> list[Tri
     trips: list[Trip] = []
     vol = risk.breakers.volatility
     if vol is not None:
+        kept = ctx.__dict__.setdefault("_zscores", {})  # per symbol: the whole series once, not per batch
         for sym in ctx.market.symbols:
-            trip = volatility_trip(sym, ctx.market.timestamps(sym), ctx.market.closes(sym), start_ns, end_ns,
+            closes = ctx.market.closes(sym)
+            key = (sym, vol.lookback)
+            if key not in kept or kept[key][0] is not closes:
+                kept[key] = (closes, return_zscores(closes, vol.lookback))
+            trip = volatility_trip(sym, ctx.market.timestamps(sym), closes, start_ns, end_ns,
                                    lookback=vol.lookback, z_threshold=vol.z_threshold,
-                                   cooldown=pd.Timedelta(minutes=vol.cooldown_minutes))
+                                   cooldown=pd.Timedelta(minutes=vol.cooldown_minutes), zscores=kept[key][1])
             if trip is not None:
                 trips.append(trip)
     loss = risk.breakers.loss_limit

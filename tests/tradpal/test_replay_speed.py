@@ -8,7 +8,10 @@ import asyncio
 import gc
 
 import numpy as np
+import pandas as pd
 import pytest
+
+from risk.breakers import return_zscores, volatility_trip
 
 from tasks.positions import _bar_grid
 from tests.conftest import SAMPLE
@@ -54,3 +57,27 @@ def test_bar_grid_equals_the_masked_grid(n_symbols: int) -> None:
             want = _masked(stamps, start, end)
             assert got.dtype == want.dtype and np.array_equal(got, want), (start, end)
     assert len(_bar_grid([], 0, 10)) == 0
+
+
+def test_volatility_trip_on_a_window_equals_the_full_mask() -> None:
+    rng = np.random.default_rng(3)
+    closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.001, 3_000)))
+    closes[[500, 1_700, 1_701, 2_900]] *= [1.05, 0.94, 1.07, 1.03]
+    stamps = np.arange(3_000, dtype="int64") * 60_000_000_000
+    z = return_zscores(closes, 20)
+    cooldown = pd.Timedelta(minutes=5)
+    tripped = 0
+    for start, end in [(-1, stamps[-1]), (stamps[400], stamps[600]), (stamps[1_700], stamps[2_000]),
+                       (stamps[1_701], stamps[2_000]), (stamps[0], stamps[499]), (stamps[-1], stamps[-1] + 1)]:
+        window = (stamps > start) & (stamps <= end) & (np.abs(z) > 4)
+        hits = np.flatnonzero(window)
+        got = volatility_trip("X/Y", stamps, closes, int(start), int(end), lookback=20, z_threshold=4,
+                              cooldown=cooldown, zscores=z)
+        assert got == volatility_trip("X/Y", stamps, closes, int(start), int(end), lookback=20, z_threshold=4,
+                                      cooldown=cooldown)
+        if len(hits):
+            assert got is not None and got.at == pd.Timestamp(int(stamps[hits[-1]]), tz="UTC")
+            tripped += 1
+        else:
+            assert got is None
+    assert tripped >= 2
