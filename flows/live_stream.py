@@ -20,6 +20,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from risk.approval import policy_from
 from tasks.prefect_tasks import task_caller
 from tradpal.intake_server import start_intake
 from tradpal.live import open_context, start_session
@@ -88,8 +89,10 @@ async def live_stream(symbols: list[str], host: str = "127.0.0.1", port: int = 8
                   flush=True)
             if duration_s is not None:
                 asyncio.get_running_loop().call_later(duration_s, stop.set)
+            approval = policy_from(session.settings, ctx.config.risk)  # above its threshold: refused
             consumer = asyncio.ensure_future(run_stream(queue, ctx, stop, make_call=task_caller,
-                                                        idle_poll_s=idle_poll_s, on_batch=on_batch))
+                                                        idle_poll_s=idle_poll_s, on_batch=on_batch,
+                                                        approval=approval))
             await asyncio.wait([consumer, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
             queue.closed = True  # stopping (or the consumer failed): no new signals; the queue drains
             stats = await consumer

@@ -278,6 +278,16 @@ def decision_alert(alerter: Any, request: ApprovalRequest, decision: Decision, *
                           f"Flow run {flow_run_id}.", level=level)
 
 
+STREAM_REFUSAL = ("approval needs a person and the streaming session (tradpal live run) does not pause for one: "
+                  "send orders above the threshold through the live-execution deployment")
+
+
+def refused_in_stream(request: ApprovalRequest) -> Decision:
+    """The answer `tradpal live run` gives an order above the approval threshold: refused
+    at once (one long run serving every signal cannot pause for a person)."""
+    return Decision("refused", datetime.now(UTC), by="tradpal live run", comment=STREAM_REFUSAL)
+
+
 async def review(orders: pd.DataFrame, ctx: Any, policy: ApprovalPolicy, ask, *,
                  ui_url: str | None = None) -> pd.DataFrame:
     """The orders of ``orders`` (a checked frame) that may go on to placement: those

@@ -179,14 +179,39 @@ def acknowledge(queue: SignalQueue, placed: pd.DataFrame, stats: StreamStats) ->
 Caller = Callable[[Step, pd.DataFrame, ExecutionContext], Any]
 
 
+async def refuse_above_approval(queue: SignalQueue, orders: pd.DataFrame, ctx: ExecutionContext, policy: Any,
+                                stats: StreamStats) -> pd.DataFrame:
+    """Before placement: orders above the approval threshold are refused at once (audited,
+    rejected at step ``approval`` in the ledger, alerted like any decision) and their
+    senders answered; the rest go on. A stream cannot pause for a person."""
+    from risk.approval import STEP, refused_in_stream, review
+
+    decided: dict[str, str] = {}
+
+    async def ask(request):
+        decision = refused_in_stream(request)
+        decided[request.signal_id] = decision.reason(request)
+        return decision
+
+    kept = await review(orders, ctx, policy, ask)
+    for sid, reason in decided.items():
+        stats.rejected += 1
+        queue.resolve(sid, {"accepted": False, "status": "REJECTED", "step": STEP, "reason": reason})
+    return kept
+
+
 async def process_batch(queue: SignalQueue, batch: list[Pending], ctx: ExecutionContext, stats: StreamStats,
-                        make_call: Callable[[str], Caller] | None = None) -> pd.DataFrame | None:
+                        make_call: Callable[[str], Caller] | None = None,
+                        approval: Any = None) -> pd.DataFrame | None:
     """The eight steps on one batch (or, with an empty batch, a monitoring pass over the
-    open orders). A failure answers the batch's senders with the reason and is raised."""
+    open orders). A failure answers the batch's senders with the reason and is raised.
+    ``approval``: a `risk.approval.ApprovalPolicy`; orders above its threshold are refused."""
     signals = [p.signal for p in batch]
     base = make_call(batch_label(signals, ctx.default_strategy) if signals else "monitoring") if make_call else run_step
 
     async def call(step: Step, frame: pd.DataFrame, c: ExecutionContext) -> pd.DataFrame:
+        if step is PLACEMENT and approval is not None and approval.enabled and len(frame):
+            frame = await refuse_above_approval(queue, frame, c, approval, stats)
         out = await base(step, frame, c)
         if step is PLACEMENT:
             acknowledge(queue, out, stats)
@@ -220,7 +245,7 @@ def empty_signals() -> pd.DataFrame:
 
 async def run_stream(queue: SignalQueue, ctx: ExecutionContext, stop: asyncio.Event, *,
                      make_call: Callable[[str], Caller] | None = None, idle_poll_s: float = 1.0,
-                     on_batch: Callable[[pd.DataFrame], None] | None = None) -> StreamStats:
+                     on_batch: Callable[[pd.DataFrame], None] | None = None, approval: Any = None) -> StreamStats:
     """Consume until ``stop`` is set and the queue is drained. Between signals, open
     orders are polled every ``idle_poll_s``. A batch that fails stops the stream (its
     senders are answered with the reason; the ledger has the failure)."""
@@ -230,7 +255,7 @@ async def run_stream(queue: SignalQueue, ctx: ExecutionContext, stop: asyncio.Ev
         batch = await queue.next_batch(timeout=min(idle_poll_s, 0.1) if stop.is_set() else idle_poll_s)
         if not batch and not ctx.open_orders:
             continue
-        reports = await process_batch(queue, batch, ctx, stats, make_call)
+        reports = await process_batch(queue, batch, ctx, stats, make_call, approval)
         if on_batch is not None and reports is not None:
             on_batch(reports)
     return stats

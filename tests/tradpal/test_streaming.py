@@ -163,3 +163,33 @@ def test_stopping_drains_what_is_queued_and_refuses_what_comes_after(tmp_path):
 def test_the_label_names_signal_strategy_and_symbol():
     assert batch_label([signal("a", strategy="mom")]) == "a mom BTC/USDT"
     assert batch_label([signal(str(i)) for i in range(5)]) == "0 live BTC/USDT; 1 live BTC/USDT; 2 live BTC/USDT +2 more"
+
+
+def test_orders_above_the_approval_threshold_are_refused_at_once_and_the_rest_go_on(tmp_path):
+    from risk.approval import STREAM_REFUSAL, ApprovalPolicy
+
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    ctx = context(db)  # price 100: 1 unit is 100 of notional
+    queue, stop = SignalQueue(), asyncio.Event()
+
+    async def go():
+        consumer = asyncio.ensure_future(run_stream(queue, ctx, stop, idle_poll_s=0.05,
+                                                    approval=ApprovalPolicy(notional_above=500.0)))
+        try:
+            return await queue.submit([signal("small", qty=1.0), signal("large", qty=10.0)])
+        finally:
+            stop.set()
+            await consumer
+
+    small, large = asyncio.run(go())
+    assert small["accepted"] and small["status"] == "FILLED"
+    assert (large["accepted"], large["status"], large["step"]) == (False, "REJECTED", "approval")
+    assert "by tradpal live run" in large["reason"] and STREAM_REFUSAL in large["reason"]
+    ledger = Ledger(db)
+    refused = ledger.frame("rejections")
+    assert refused[["signal_id", "step"]].to_numpy().tolist() == [["large", "approval"]]
+    orders = ledger.frame("orders").set_index("client_order_id")
+    assert sorted(orders["status"]) == ["FILLED", "REJECTED"]  # the large order never reached the broker
+    events = ledger.frame("audit_log")["event"].tolist()
+    assert "order.approval_requested" in events and "order.refused" in events
+    assert ctx.book.positions[SYM] == pytest.approx(1.0)
