@@ -50,7 +50,8 @@ def stop_on_signals(stop: asyncio.Event):
 @flow(name="live-stream", persist_result=False, flow_run_name="live-stream {host}:{port}")
 async def live_stream(symbols: list[str], host: str = "127.0.0.1", port: int = 8787,
                       prices: dict[str, float] | None = None, cash: float = 10_000.0, quote: str = "USDT",
-                      database_url: str | None = None, max_batch: int = 256, idle_poll_s: float = 1.0,
+                      database_url: str | None = None, max_batch: int = 256, batch_interval_s: float = 0.1,
+                      idle_poll_s: float = 1.0,
                       duration_s: float | None = None, ready_file: str | None = None,
                       shared_account: bool = False) -> dict:
     """Serve the intake on ``host:port`` (0: a free port) and execute what arrives against
@@ -65,22 +66,18 @@ async def live_stream(symbols: list[str], host: str = "127.0.0.1", port: int = 8
                             params={"mode": "stream", "symbols": symbols},
                             flow_run_id=str(flow_run.id) if flow_run.id else None)
     ledger, run_id = session.ledger, session.run_id
-    queue, stop = SignalQueue(max_batch=max_batch), asyncio.Event()
+    queue, stop = SignalQueue(max_batch=max_batch, batch_interval_s=batch_interval_s), asyncio.Event()
     server = None
     try:
         ctx = await open_context(session, prices, symbols, verify_book=not shared_account)
         fills: list[pd.DataFrame] = []
-        raised: set[asyncio.Future] = set()
 
         def on_batch(reports: pd.DataFrame) -> None:
             fills.append(reports)
-            if ctx.pending_signals and not queue.closed:  # a loss-limit flatten: queued like any signal
+            if ctx.pending_signals:  # a loss-limit flatten: queued now, like any signal, even while stopping
                 pending, ctx.pending_signals = ctx.pending_signals, []
-                task = asyncio.ensure_future(queue.submit([{**p, "timestamp": p["timestamp"].isoformat(),
-                                                            "received_at": p["received_at"].isoformat()}
-                                                           for p in pending]))
-                raised.add(task)
-                task.add_done_callback(raised.discard)
+                queue.enqueue([{**p, "timestamp": p["timestamp"].isoformat(),
+                                "received_at": p["received_at"].isoformat()} for p in pending], internal=True)
         with stop_on_signals(stop):
             server = await start_intake(host, port, queue.submit)
             if ready_file:

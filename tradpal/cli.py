@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--cash", type=_number(float), default=10_000.0)
     lr.add_argument("--quote", default="USDT", help="quote currency of the paper account")
     lr.add_argument("--max-batch", type=_number(int), default=256, help="most signals per batch of task runs")
+    lr.add_argument("--batch-interval", type=_number(float), default=0.1, metavar="SECONDS",
+                    help="under load, a batch starts at most every SECONDS (default 0.1; 0: as soon as the "
+                         "previous one is done)")
     lr.add_argument("--duration", type=_number(float), default=None, help="stop after this many seconds")
     lr.add_argument("--ready-file", default=None, help="write the intake's port here once it listens")
     lr.add_argument("--shared-account", action="store_true",
@@ -425,6 +428,8 @@ def cmd_live_run(args) -> int:
     prices = _prices(args.price)
     if args.max_batch < 1:
         raise InputError(f"--max-batch: must be at least 1, got {args.max_batch}")
+    if not 0 <= args.batch_interval <= 60:
+        raise InputError(f"--batch-interval: must be between 0 and 60 seconds, got {args.batch_interval}")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port: must be 0..65535, got {args.port}")
     _prepare_prefect()
@@ -432,6 +437,7 @@ def cmd_live_run(args) -> int:
 
     summary = _run_flow(live_stream, symbols=args.symbol, host=args.host, port=args.port, prices=prices,
                         cash=args.cash, quote=args.quote, database_url=args.database_url, max_batch=args.max_batch,
+                        batch_interval_s=args.batch_interval,
                         duration_s=args.duration, ready_file=args.ready_file,
                         shared_account=args.shared_account)
     print(json.dumps(summary, indent=2, default=str))

@@ -32,6 +32,7 @@ from tasks.pipeline import STEP_BY_NAME, Step, run_batch, run_step
 from tradpal.intake_server import Busy
 
 PLACEMENT = STEP_BY_NAME["placement"]
+DEFAULT_BATCH_INTERVAL_S = 0.1  # under load, at most ten batches a second (`SignalQueue.next_batch`)
 
 
 @dataclass
@@ -56,19 +57,24 @@ class SignalQueue:
     of the call has its outcome (or ``timeout`` passes: then its outcome is "pending", and
     the ledger will still hold the final one)."""
 
-    def __init__(self, *, max_batch: int = 256, max_pending: int = 10_000, answer_timeout_s: float = 30.0) -> None:
+    def __init__(self, *, max_batch: int = 256, max_pending: int = 10_000, answer_timeout_s: float = 30.0,
+                 batch_interval_s: float = DEFAULT_BATCH_INTERVAL_S) -> None:
         self.max_batch, self.max_pending, self.answer_timeout_s = max_batch, max_pending, answer_timeout_s
+        self.batch_interval_s = batch_interval_s
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._waiting: dict[str, Pending] = {}
+        self._last_start, self._last_size = 0.0, 0
         self.closed = False
 
     def __len__(self) -> int:
         return self._queue.qsize()
 
-    async def submit(self, signals: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if self.closed:
+    def enqueue(self, signals: list[dict[str, Any]], *, internal: bool = False) -> list[Pending]:
+        """Queue ``signals`` now (synchronously); their `Pending` entries. ``internal``:
+        signals the pipeline raised itself (a flatten), taken even while the stream stops."""
+        if self.closed and not internal:
             raise QueueFull("the stream is stopping: no new signals")
-        if len(self._waiting) + len(signals) > self.max_pending:
+        if not internal and len(self._waiting) + len(signals) > self.max_pending:
             raise QueueFull(f"{len(self._waiting)} signals already waiting (limit {self.max_pending})")
         loop = asyncio.get_running_loop()
         pending = []
@@ -80,6 +86,10 @@ class SignalQueue:
                 self._waiting[p.signal_id] = p
                 self._queue.put_nowait(p)
             pending.append(p)
+        return pending
+
+    async def submit(self, signals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        pending = self.enqueue(signals)
         done, _ = await asyncio.wait({p.future for p in pending}, timeout=self.answer_timeout_s)
         return [p.future.result() if p.future in done else
                 {"signal_id": p.signal_id, "accepted": True, "status": "PENDING",
@@ -88,14 +98,26 @@ class SignalQueue:
 
     async def next_batch(self, timeout: float | None) -> list[Pending]:
         """Whatever is waiting (up to ``max_batch``), after waiting up to ``timeout`` seconds
-        for the first; empty if none came."""
+        for the first; empty if none came.
+
+        Under load (the previous batch held more than one signal: they arrive faster than
+        batches go through) a batch starts at most every ``batch_interval_s``, gathering
+        what arrives meanwhile: every batch costs eight task runs, and Prefect's API spends
+        more CPU on each task run's states and events than the steps spend on a signal, so
+        many small batches would starve the pipeline on a small machine. A signal that
+        finds the stream idle, or one at a time, never waits for it."""
         try:
             first = await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
             return []
+        if self._last_size > 1 and self.batch_interval_s > 0:
+            linger = self._last_start + self.batch_interval_s - time.perf_counter()
+            if linger > 0:
+                await asyncio.sleep(linger)
         batch = [first]
         while len(batch) < self.max_batch and not self._queue.empty():
             batch.append(self._queue.get_nowait())
+        self._last_start, self._last_size = time.perf_counter(), len(batch)
         return batch
 
     def resolve(self, signal_id: str, outcome: dict[str, Any]) -> None:
@@ -251,10 +273,13 @@ async def run_stream(queue: SignalQueue, ctx: ExecutionContext, stop: asyncio.Ev
     senders are answered with the reason; the ledger has the failure)."""
     stats = StreamStats()
     attach(queue, ctx, stats)
+    first = True  # one pass at start, signal or not: a restarted stream takes over what the ledger says is working
     while not (stop.is_set() and len(queue) == 0):
-        batch = await queue.next_batch(timeout=min(idle_poll_s, 0.1) if stop.is_set() else idle_poll_s)
-        if not batch and not ctx.open_orders:
+        batch = [] if first and len(queue) == 0 else \
+            await queue.next_batch(timeout=min(idle_poll_s, 0.1) if stop.is_set() else idle_poll_s)
+        if not batch and not ctx.open_orders and not first:
             continue
+        first = False
         reports = await process_batch(queue, batch, ctx, stats, make_call, approval)
         if on_batch is not None and reports is not None:
             on_batch(reports)

@@ -90,11 +90,6 @@ def test_a_loss_limit_flatten_in_the_stream_sells_the_position_through_the_queue
         ledger.close()
 
 
-@pytest.mark.xfail(strict=False, reason="flows/live_stream.py on_batch re-queues a flatten only while the queue is "
-                                        "open: a flatten raised by a batch that runs during the drain (after "
-                                        "SIGTERM) is audited (risk.flatten) but never ordered; the run completes "
-                                        "with the position open. Not strict: it depends on the SIGTERM arriving "
-                                        "before that batch's step 7")
 def test_a_flatten_raised_while_the_stream_drains_is_still_ordered(prefect_api, tmp_path, monkeypatch) -> None:
     import httpx
 

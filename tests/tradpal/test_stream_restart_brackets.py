@@ -88,9 +88,7 @@ def test_a_restarted_stream_brackets_a_working_entry_at_its_first_pass(tmp_path)
     assert ctx.book.positions[SYM] == pytest.approx(1.01)  # the entry's fill was booked by this session
 
 
-@pytest.mark.xfail(strict=True, reason="tradpal/streaming.py run_stream skips a pass while nothing is queued and "
-                                       "ctx.open_orders is empty, so a restarted stream with no new signal never "
-                                       "runs the monitoring pass that resumes working entries (and open legs)")
 def test_a_restarted_stream_without_new_signals_brackets_a_working_entry(tmp_path):
+    # the stream runs one monitoring pass as it starts, signal or not
     ledger, _, entry, stop = restart_with_a_working_entry(tmp_path, nudge=False)
     assert ledger.find_order("paper-stream", stop) is not None

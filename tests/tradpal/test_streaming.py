@@ -193,3 +193,29 @@ def test_orders_above_the_approval_threshold_are_refused_at_once_and_the_rest_go
     events = ledger.frame("audit_log")["event"].tolist()
     assert "order.approval_requested" in events and "order.refused" in events
     assert ctx.book.positions[SYM] == pytest.approx(1.0)
+
+
+def test_under_load_batches_start_at_most_every_interval_and_gather_what_arrives():
+    import time
+
+    async def go():
+        queue = SignalQueue(batch_interval_s=0.2)
+        queue.enqueue([signal("a"), signal("b")])
+        t0 = time.perf_counter()
+        first = await queue.next_batch(1.0)  # nothing before it: at once
+        queue.enqueue([signal("c")])
+        asyncio.get_running_loop().call_later(0.1, queue.enqueue, [signal("d")])
+        second = await queue.next_batch(1.0)  # the last batch held two: wait for the interval, gather d too
+        t2 = time.perf_counter()
+        alone = SignalQueue(batch_interval_s=0.2)
+        alone.enqueue([signal("x")])
+        await alone.next_batch(1.0)
+        alone.enqueue([signal("y")])
+        t3 = time.perf_counter()
+        third = await alone.next_batch(1.0)  # one at a time: never waits
+        return first, second, t2 - t0, third, time.perf_counter() - t3
+
+    first, second, waited, third, alone_wait = asyncio.run(go())
+    assert [p.signal_id for p in first] == ["a", "b"]
+    assert [p.signal_id for p in second] == ["c", "d"] and waited >= 0.19
+    assert [p.signal_id for p in third] == ["y"] and alone_wait < 0.1
