@@ -14,6 +14,10 @@ Modes (one per process, so peak RSS is per mode):
   against the pipeline's (outside the timing). ``python -m benchmarks`` reports the
   flow's time as a ratio to it.
 
+Each ``_wall`` line also carries ``cpu_s`` (this process's CPU seconds over the timed part)
+and ``api_cpu_s`` (the ephemeral Prefect API server's, a child process): on a shared 2-core
+machine the wall time follows the load, the CPU seconds much less.
+
     python -m benchmarks.replay direct|flow|advanced|multi|lower-bound [N_BARS] [N_SIGNALS]
 """
 
@@ -47,9 +51,30 @@ def main(mode: str, n_bars: int = 1_000_000, n_signals: int = 5_000) -> None:
             seconds, summary = _flow(kwargs)
         assert summary["n_fills"] > 0.9 * n_signals, summary
         tag = f"replay_{mode}_{n_bars // 1000}k_bars_{n_signals}_signals"
-        emit(f"{tag}_wall", seconds, "s", "<= 10" if mode == "flow" else None)
+        emit(f"{tag}_wall", seconds, "s", "<= 10" if mode == "flow" else None, **LAST_CPU)
         emit(f"{tag}_throughput", n_bars / seconds, "bars/s")
         emit(f"{tag}_peak_rss", peak_rss_mib(), "MiB", "<= 1024" if mode == "flow" else None)
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds so far of this process and of its children (the ephemeral Prefect API)."""
+    import psutil
+
+    me = psutil.Process()
+    return sum(me.cpu_times()[:2]), sum(sum(c.cpu_times()[:2]) for c in me.children(recursive=True))
+
+
+def _cpu_since(before: tuple[float, float]) -> dict:
+    """The CPU used since ``before``, kept in ``LAST_CPU`` and emitted beside the wall time:
+    on a shared machine the wall time depends on the load, CPU seconds much less.
+    ``api_cpu_s`` is the Prefect API server's (a child process): on 2 cores it competes
+    with the replay for the CPU."""
+    now = _cpu_seconds()
+    LAST_CPU.update(cpu_s=round(now[0] - before[0], 3), api_cpu_s=round(now[1] - before[1], 3))
+    return LAST_CPU
+
+
+LAST_CPU: dict = {}
 
 
 def _direct(kwargs: dict) -> tuple[float, dict]:
@@ -59,6 +84,7 @@ def _direct(kwargs: dict) -> tuple[float, dict]:
     from tradpal.replay import ReplayParams, load_inputs, run_replay, write_outputs
 
     ledger = Ledger(kwargs["database_url"])  # migrations: outside the timing, as in the flow case
+    cpu = _cpu_seconds()
     t0 = time.perf_counter()
     params = ReplayParams(kwargs["ohlcv"], kwargs["signals"], kwargs["symbol"], kwargs["cash"], kwargs["fee_rate"],
                           kwargs["slippage_bps"], kwargs["out"], kwargs["chunk_signals"])
@@ -66,7 +92,9 @@ def _direct(kwargs: dict) -> tuple[float, dict]:
     result = asyncio.run(run_replay(params, inputs, ledger))
     write_outputs(kwargs["out"], result.reports, result.summary, result.equity)
     ledger.finish_run(result.summary["run_id"], "completed", result.summary)
-    return time.perf_counter() - t0, result.summary
+    seconds = time.perf_counter() - t0
+    _cpu_since(cpu)
+    return seconds, result.summary
 
 
 def _flow(kwargs: dict) -> tuple[float, dict]:
@@ -88,9 +116,12 @@ def _flow(kwargs: dict) -> tuple[float, dict]:
         import great_expectations  # noqa: F401  -- once per worker process, like the server start
         emit("great_expectations_import", time.perf_counter() - t_gx, "s")
         Ledger(kwargs["database_url"])  # migrations, as the direct run pays them too... once
+        cpu = _cpu_seconds()
         t0 = time.perf_counter()
         summary = asyncio.run(paper_replay(**kwargs))
-        return time.perf_counter() - t0, summary
+        seconds = time.perf_counter() - t0
+        _cpu_since(cpu)
+        return seconds, summary
 
 
 def advanced(mode: str, n_bars: int, n_signals: int) -> None:
@@ -112,7 +143,7 @@ def advanced(mode: str, n_bars: int, n_signals: int) -> None:
         assert summary["n_fills"] > 0.9 * n_sig, summary
         one = mode == "advanced" and n_bars == 1_000_000
         emit(f"{tag}_wall", seconds, "s", "<= 10" if one else None, fills=summary["n_fills"],
-             rejected=summary["rejected"])
+             rejected=summary["rejected"], **LAST_CPU)
         emit(f"{tag}_throughput", n_total / seconds, "bars/s")
         emit(f"{tag}_peak_rss", peak_rss_mib(), "MiB", "<= 1024" if one else None)
 
@@ -188,9 +219,11 @@ def lower_bound_case(n_bars: int, n_signals: int) -> None:
     with isolated_prefect() as tmp:
         ohlcv, signals = write_case(tmp / "data", n_bars, n_signals)
         import tradpal.replay  # noqa: F401  -- imported before timing, as the other modes do
+        cpu = _cpu_seconds()
         t0 = time.perf_counter()
         bound = lower_bound(str(ohlcv), str(signals), tmp / "out", cash=1_000_000.0, fee_rate=0.001, bps=1.0)
         seconds = time.perf_counter() - t0
+        bound_cpu = dict(_cpu_since(cpu))
         rss = peak_rss_mib()
         kwargs = dict(ohlcv=str(ohlcv), signals=str(signals), symbol="BTC/USDT", cash=1_000_000.0, fee_rate=0.001,
                       slippage_bps=1.0, out=str(tmp / "pipeline"), database_url=f"sqlite:///{tmp / 'l.db'}",
@@ -205,7 +238,7 @@ def lower_bound_case(n_bars: int, n_signals: int) -> None:
                 and abs(summary["final_equity"] / bound["final_equity"] - 1) < 1e-9)
         assert same, "the lower bound's fills differ from the pipeline's"
         tag = f"replay_lower_bound_{n_bars // 1000}k_bars_{n_signals}_signals"
-        emit(f"{tag}_wall", seconds, "s", None, matches_pipeline=same)
+        emit(f"{tag}_wall", seconds, "s", None, matches_pipeline=same, **bound_cpu)
         emit(f"{tag}_peak_rss", rss, "MiB")
 
 

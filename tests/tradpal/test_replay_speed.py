@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from tasks.positions import _bar_grid
 from tests.conftest import SAMPLE
 from tradpal.io import load_ohlcv
 from tradpal.ledger import Ledger
-from tradpal.replay import ReplayParams, frozen_heap, load_inputs, run_replay
+from tradpal.replay import ReplayParams, frozen_heap, keep_frozen, load_inputs, run_replay
 from tradpal.strategies import sma_crossover, write_signals_csv
 
 
@@ -40,6 +41,26 @@ def test_frozen_heap_is_reentrant_and_unfreezes_on_error() -> None:
         assert gc.get_freeze_count() > 0  # the inner block's end leaves the outer one frozen
         raise RuntimeError("boom")
     assert gc.get_freeze_count() == 0
+
+
+class _Node:
+    pass
+
+
+def test_keep_frozen_freezes_only_inside_a_frozen_block_and_the_blocks_cycles_are_collected_at_its_end() -> None:
+    keep_frozen()
+    assert gc.get_freeze_count() == 0
+    with frozen_heap():
+        before = gc.get_freeze_count()
+        kept = [_Node() for _ in range(100)]
+        keep_frozen()
+        assert gc.get_freeze_count() >= before + 100
+        node = _Node()
+        node.self = node  # a reference cycle: only the collector frees it
+        dead = weakref.ref(node)
+        del node
+    assert dead() is None and gc.get_freeze_count() == 0
+    assert len(kept) == 100
 
 
 def _masked(stamps: list[np.ndarray], start: int, end: int) -> np.ndarray:
