@@ -20,6 +20,7 @@ has it: the recorder writes first, then the sender hears.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -273,6 +274,9 @@ async def run_stream(queue: SignalQueue, ctx: ExecutionContext, stop: asyncio.Ev
     senders are answered with the reason; the ledger has the failure)."""
     stats = StreamStats()
     attach(queue, ctx, stats)
+    gc.collect()
+    gc.freeze()  # what start-up built (modules, Prefect, pandas, the context) lives as long as the stream:
+    #              out of the collector's way, a full collection no longer walks it (~1 s pauses under load)
     first = True  # one pass at start, signal or not: a restarted stream takes over what the ledger says is working
     while not (stop.is_set() and len(queue) == 0):
         batch = [] if first and len(queue) == 0 else \
