@@ -401,9 +401,12 @@ def frozen_heap() -> Iterator[None]:
     leaves as garbage is collected as usual, and at its end (a full collection then walks
     only what the block made); a reference cycle that was already garbage at a freeze
     waits for the end, when everything is collectable again. Replays running at once in
-    one process (threads) unfreeze when the last one ends."""
-    global _frozen
+    one process (threads) unfreeze when the last one ends; a heap the process had frozen
+    before (a long-lived live stream freezes its start-up) stays frozen."""
+    global _frozen, _frozen_before
     with _frozen_lock:
+        if _frozen == 0:
+            _frozen_before = gc.get_freeze_count() > 0
         _frozen += 1
         gc.freeze()
     try:
@@ -413,7 +416,8 @@ def frozen_heap() -> Iterator[None]:
             _frozen -= 1
             if _frozen == 0:
                 gc.collect()  # the block's own garbage (GX leaves cycles holding 1 M-row arrays): cheap, the rest is frozen
-                gc.unfreeze()
+                if not _frozen_before:
+                    gc.unfreeze()
 
 
 def keep_frozen() -> None:
@@ -425,6 +429,7 @@ def keep_frozen() -> None:
 
 
 _frozen = 0
+_frozen_before = False
 _frozen_lock = threading.Lock()
 
 

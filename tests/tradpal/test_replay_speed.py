@@ -27,7 +27,7 @@ def test_the_heap_is_frozen_during_the_batches_and_given_back_after(tmp_path) ->
     write_signals_csv(sma_crossover(load_ohlcv(ohlcv), symbol="ETH/BTC", quantity=1.0), tmp_path / "s.csv")
     params = ReplayParams(str(ohlcv), str(tmp_path / "s.csv"), "ETH/BTC", 1.0, 0.001, 5.0, None, 40)
     seen: list[int] = []
-    assert gc.get_freeze_count() == 0
+    gc.unfreeze()  # a clean start: another test in this process may have frozen it (the live stream does)
     asyncio.run(run_replay(params, load_inputs(params), Ledger(f"sqlite:///{tmp_path / 'l.db'}"),
                            on_batch=lambda done, total, label: seen.append(gc.get_freeze_count())))
     assert len(seen) > 1 and min(seen) > 0
@@ -35,6 +35,7 @@ def test_the_heap_is_frozen_during_the_batches_and_given_back_after(tmp_path) ->
 
 
 def test_frozen_heap_is_reentrant_and_unfreezes_on_error() -> None:
+    gc.unfreeze()
     with pytest.raises(RuntimeError), frozen_heap():
         with frozen_heap():
             pass
@@ -47,7 +48,18 @@ class _Node:
     pass
 
 
+def test_a_heap_frozen_before_stays_frozen_after() -> None:
+    gc.freeze()  # as a long-lived stream does at start-up
+    try:
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_keep_frozen_freezes_only_inside_a_frozen_block_and_the_blocks_cycles_are_collected_at_its_end() -> None:
+    gc.unfreeze()
     keep_frozen()
     assert gc.get_freeze_count() == 0
     with frozen_heap():
