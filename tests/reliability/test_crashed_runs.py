@@ -88,10 +88,15 @@ def test_killed_runs_are_marked_crashed_in_the_ledger_and_in_prefect(rig, prefec
     # the batch died inside its placement task run: that one is Crashed too, none is left Running
     steps = prefect_client(lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(
         id=FlowRunFilterId(any_=[uuid.UUID(killed_batch["flow_run_id"].iloc[0])]))))
-    assert "crashed (and 1 task run)" in ledger.get_run(killed_batch["id"].iloc[0])["summary"]["prefect"]
-    assert [t.name for t in steps if t.state.is_crashed()] == ["5-placement [2 signals ETH/BTC]"], \
+    # which task run the API saw running depends on how far the killed process's events got before
+    # the SIGKILL (they are sent from a background thread): the placement's, or an earlier step's
+    # whose Completed event was lost. Whichever it is, it is Crashed now, and none is left Running.
+    # (or none at all: then the API never heard of the batch's task runs)
+    crashed = [t.name for t in steps if t.state.is_crashed()]
+    said = ledger.get_run(killed_batch["id"].iloc[0])["summary"]["prefect"]
+    assert (f"crashed (and {len(crashed)} task run" in said) if crashed else said == "crashed", (said, crashed)
+    assert not [t for t in steps if t.state.is_running() or t.state.is_pending()], \
         [(t.name, t.state_name) for t in steps]
-    assert not [t for t in steps if t.state.is_running()]
 
     # `tradpal runs` lists them with the reason
     from tradpal.cli import main
