@@ -91,16 +91,31 @@ class ReconcileReport:
 def open_ledger_orders(ledger: Ledger, venue: str, namespace: str) -> list[dict[str, Any]]:
     """The orders of ``namespace`` the ledger holds open at ``venue``, or terminal as placed
     but never followed up (no monitoring or reconciliation record), with their signal id."""
-    o, s, a = OrderRow.__table__, SignalRow.__table__, AuditRow.__table__
+    o, s, a, runs = OrderRow.__table__, SignalRow.__table__, AuditRow.__table__, RunRow.__table__
     followed_up = exists().where(a.c.entity == "order", a.c.entity_id == o.c.client_order_id,
                                  a.c.event.in_(FOLLOWED_UP))
     unsettled = and_(o.c.status.in_(ANSWERED_TERMINAL), o.c.broker_order_id.is_not(None), ~followed_up)
-    stmt = (select(o.c.client_order_id, o.c.symbol, o.c.status, s.c.signal_id)
-            .join(s, s.c.id == o.c.signal_pk)
+    stmt = (select(o.c.client_order_id, o.c.symbol, o.c.status, s.c.signal_id, o.c.run_id,
+                   runs.c.status.label("run_status"), runs.c.params.label("run_params"))
+            .join(s, s.c.id == o.c.signal_pk).outerjoin(runs, runs.c.id == o.c.run_id)
             .where(o.c.venue == venue, or_(o.c.status.in_(OPEN_STATUSES), unsettled), s.c.namespace == namespace)
             .order_by(o.c.id))
     with ledger.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def owned_by_working_run(row: dict[str, Any], run_id: str | None) -> bool:
+    """Whether ``row`` (from `open_ledger_orders`) belongs to another run that is still at
+    work: ``running`` in the ledger and its process alive on this host (a run of another host
+    counts as working until it is marked crashed, after its silence). Such a run places,
+    monitors and settles its own orders; reconciling them under it would race it (an order it
+    created a moment ago is not at the venue yet, and is not 'unsent')."""
+    if not row.get("run_id") or row["run_id"] == run_id or row.get("run_status") != "running":
+        return False
+    params = row.get("run_params") or {}
+    if params.get("host") and params["host"] != socket.gethostname():
+        return True
+    return not run_is_gone(params, pd.Timestamp.now(tz="UTC"), datetime.now(UTC))
 
 
 def orphan_signals(ledger: Ledger, namespace: str, run_id: str | None, before: datetime,
@@ -392,6 +407,8 @@ async def reconcile(ledger: Ledger, broker: BaseBroker, *, namespace: str = "liv
     venue, report = broker.name, ReconcileReport()
     report.crashed = await mark_crashed_runs(ledger, prov, flow_runs=flow_runs)
     for row in open_ledger_orders(ledger, venue, namespace):
+        if owned_by_working_run(row, prov.run_id):
+            continue
         report.checked += 1
         result = await broker.get_order_by_client_id(row["client_order_id"], row["symbol"])
         if result is not None:

@@ -183,7 +183,8 @@ def test_a_signal_submitted_triggers_a_completed_live_run_recorded_end_to_end(st
     signals = ledger.frame("signals").set_index("signal_id")
     assert signals.loc[sid_cli, "flow_run_id"] == str(first.id)
     rejected = ledger.frame("rejections")
-    assert rejected["signal_id"].tolist() == [sid_http] and "already received" in rejected["reason"].iat[0]
+    assert rejected["signal_id"].tolist() == [sid_http] and "already received" in rejected["reason"].iat[0], \
+        rejected[["signal_id", "step", "reason", "run_id"]].to_dict("records")
     ledger.close()
 
     tasks, artifacts = asyncio.run(read_run_details(started.api_url, first.id))

@@ -55,3 +55,36 @@ def test_a_killed_child_not_yet_reaped_is_not_alive():
     finally:
         child.wait()
     assert not process_alive(child.pid)
+
+
+def test_orders_of_a_run_still_at_work_are_left_to_it_and_those_of_a_gone_run_are_settled(tmp_path):
+    """A second run starting while the first has created an order but not sent it yet (two
+    event-triggered runs in one warm worker): its reconciliation must not call that order
+    'never reached the venue' — the first run is about to send it."""
+    import asyncio
+
+    import pandas as pd
+
+    from brokers.base.clock import WallClock
+    from brokers.paper import PaperBroker
+    from tasks.reconcile import reconcile
+    from tradpal.ledger import Provenance
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    here = socket.gethostname()
+    broker = PaperBroker(cash=1e6, quote_currency="USDT", clock=WallClock(), name="paper")  # knows neither order
+    for run, params in {"working": {"host": here, "pid": os.getpid()},
+                        "gone": {"host": here, "pid": dead_pid()}}.items():
+        ledger.start_run("live", params, run_id=run)
+        signal(ledger, f"sig-{run}", age_s=0, run=run)
+        with ledger.transaction() as s:  # step 3 recorded the order; step 5 has not sent it
+            ledger.record_orders(s, pd.DataFrame([{
+                "signal_id": f"sig-{run}", "client_order_id": f"tp-{run}-0", "symbol": "BTC/USDT", "side": "buy",
+                "order_type": "market", "quantity": 0.1, "created_at": pd.Timestamp.now(tz="UTC")}]),
+                namespace="live", venue="paper", prov=Provenance(run_id=run))
+    ledger.start_run("live", {"host": here, "pid": os.getpid()}, run_id="me")
+    report = asyncio.run(reconcile(ledger, broker, prov=Provenance(run_id="me"), flow_runs=None))
+    assert report.rejected == ["tp-gone-0"] and report.checked == 1
+    orders = ledger.frame("orders").set_index("client_order_id")["status"]
+    assert (orders["tp-working-0"], orders["tp-gone-0"]) == ("CREATED", "REJECTED")
+    assert ledger.frame("rejections")["signal_id"].tolist() == ["sig-gone"]
