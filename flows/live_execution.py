@@ -113,6 +113,7 @@ async def live_execution(signals: list[dict], prices: dict[str, float] | None = 
         session.fail(exc)
         raise
     finally:
+        session.stopped()
         await session.broker.close()
     summary = live_summary(reports, ctx)
     await create_markdown_artifact(key="live-summary", markdown=summary["markdown"])

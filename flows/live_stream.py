@@ -97,6 +97,7 @@ async def live_stream(symbols: list[str], host: str = "127.0.0.1", port: int = 8
         session.fail(exc)
         raise
     finally:
+        session.stopped()
         if server is not None:
             await server.stop()
         await session.broker.close()

@@ -35,6 +35,7 @@ has it. ``reconcile`` is a plain coroutine; ``reconcile_task`` its thin Prefect 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -104,6 +105,19 @@ def open_ledger_orders(ledger: Ledger, venue: str, namespace: str) -> list[dict[
         return [dict(r._mapping) for r in conn.execute(stmt)]
 
 
+_AT_WORK: set[str] = set()  # the live runs of this process that are placing or monitoring now
+
+
+def at_work(run_id: str) -> None:
+    """Say that ``run_id`` works in this process (`tradpal.live.start_session`)."""
+    _AT_WORK.add(run_id)
+
+
+def off_work(run_id: str) -> None:
+    """Say that ``run_id`` no longer places or monitors (its steps are over, or it failed)."""
+    _AT_WORK.discard(run_id)
+
+
 def owned_by_working_run(row: dict[str, Any], run_id: str | None) -> bool:
     """Whether ``row`` (from `open_ledger_orders`) belongs to another run that is still at
     work: ``running`` in the ledger and its process alive on this host (a run of another host
@@ -115,6 +129,8 @@ def owned_by_working_run(row: dict[str, Any], run_id: str | None) -> bool:
     params = row.get("run_params") or {}
     if params.get("host") and params["host"] != socket.gethostname():
         return True
+    if params.get("pid") == os.getpid():  # this process: a run of ours still at work, not one that ended here
+        return row["run_id"] in _AT_WORK
     return not run_is_gone(params, pd.Timestamp.now(tz="UTC"), datetime.now(UTC))
 
 

@@ -21,6 +21,7 @@ from brokers.factory import guarded, make_broker
 from risk.alerts import alerter_from_env
 from risk.config import load_risk_config
 from tasks.context import Book, ExecutionContext, MarketData, PipelineConfig
+from tasks.reconcile import at_work, off_work
 from tasks.recorder import LedgerRecorder
 from tradpal.config import Settings, load_settings
 from tradpal.ledger import Ledger
@@ -74,8 +75,13 @@ class LiveSession:
     def fail(self, exc: BaseException) -> None:
         """The run failed: say so in the ledger, unless the ledger is what failed (the
         run's own error must come first)."""
+        off_work(self.run_id)
         with contextlib.suppress(Exception):
             self.ledger.finish_run(self.run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
+
+    def stopped(self) -> None:
+        """The run no longer places or monitors: a later reconciliation may take its orders."""
+        off_work(self.run_id)
 
 
 def start_session(*, cash: float, quote: str, prices: dict[str, float], database_url: str | None,
@@ -91,6 +97,7 @@ def start_session(*, cash: float, quote: str, prices: dict[str, float], database
     # host and pid: how a later reconciliation tells a crashed run from one still working
     ledger.start_run("live", {**params, "venue": broker.name, "host": socket.gethostname(), "pid": os.getpid()},
                      run_id=run_id, flow_run_id=flow_run_id)
+    at_work(run_id)
     return LiveSession(settings, risk, ledger, clock, run_id, alerter, broker, quote)
 
 

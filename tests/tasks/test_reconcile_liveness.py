@@ -67,7 +67,7 @@ def test_orders_of_a_run_still_at_work_are_left_to_it_and_those_of_a_gone_run_ar
 
     from brokers.base.clock import WallClock
     from brokers.paper import PaperBroker
-    from tasks.reconcile import reconcile
+    from tasks.reconcile import at_work, off_work, reconcile
     from tradpal.ledger import Provenance
 
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
@@ -83,8 +83,15 @@ def test_orders_of_a_run_still_at_work_are_left_to_it_and_those_of_a_gone_run_ar
                 "order_type": "market", "quantity": 0.1, "created_at": pd.Timestamp.now(tz="UTC")}]),
                 namespace="live", venue="paper", prov=Provenance(run_id=run))
     ledger.start_run("live", {"host": here, "pid": os.getpid()}, run_id="me")
-    report = asyncio.run(reconcile(ledger, broker, prov=Provenance(run_id="me"), flow_runs=None))
+    at_work("working")  # "working" runs in this process (as two runs in one warm worker do)
+    try:
+        report = asyncio.run(reconcile(ledger, broker, prov=Provenance(run_id="me"), flow_runs=None))
+    finally:
+        off_work("working")
     assert report.rejected == ["tp-gone-0"] and report.checked == 1
     orders = ledger.frame("orders").set_index("client_order_id")["status"]
     assert (orders["tp-working-0"], orders["tp-gone-0"]) == ("CREATED", "REJECTED")
     assert ledger.frame("rejections")["signal_id"].tolist() == ["sig-gone"]
+    # once that run's steps are over (its process still alive: the next run here is a restart), they are taken
+    again = asyncio.run(reconcile(ledger, broker, prov=Provenance(run_id="me"), flow_runs=None))
+    assert again.rejected == ["tp-working-0"]
