@@ -54,7 +54,7 @@ from tradpal.ledger.models import Order as OrderRow
 from tradpal.ledger.models import Rejection as RejectionRow
 from tradpal.ledger.models import Run as RunRow
 from tradpal.ledger.models import Signal as SignalRow
-from tradpal.processes import process_alive  # noqa: F401 - re-exported
+from tradpal.processes import process_alive
 
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED", "CREATED", "UNKNOWN")
 # terminal in the placement answer, then never followed up by monitoring (the process died
@@ -127,11 +127,14 @@ def owned_by_working_run(row: dict[str, Any], run_id: str | None) -> bool:
     if not row.get("run_id") or row["run_id"] == run_id or row.get("run_status") != "running":
         return False
     params = row.get("run_params") or {}
-    if params.get("host") and params["host"] != socket.gethostname():
+    host, pid = params.get("host"), params.get("pid")
+    if not host or not pid:
+        return False  # no process recorded: nothing says it still works
+    if host != socket.gethostname():
         return True
-    if params.get("pid") == os.getpid():  # this process: a run of ours still at work, not one that ended here
+    if pid == os.getpid():  # this process: a run of ours still at work, not one that ended here
         return row["run_id"] in _AT_WORK
-    return not run_is_gone(params, pd.Timestamp.now(tz="UTC"), datetime.now(UTC))
+    return process_alive(int(pid))
 
 
 def orphan_signals(ledger: Ledger, namespace: str, run_id: str | None, before: datetime,

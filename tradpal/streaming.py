@@ -103,10 +103,11 @@ class SignalQueue:
 
         Under load (the previous batch held more than one signal: they arrive faster than
         batches go through) a batch starts at most every ``batch_interval_s``, gathering
-        what arrives meanwhile: every batch costs eight task runs, and Prefect's API spends
-        more CPU on each task run's states and events than the steps spend on a signal, so
-        many small batches would starve the pipeline on a small machine. A signal that
-        finds the stream idle, or one at a time, never waits for it."""
+        what arrives meanwhile: every batch costs eight task runs, which Prefect's API must
+        record, so this caps that cost at high rates. At 100 signals/s on 2 cores the
+        batches took ~115 ms anyway, so it changed nothing measurable there (p99 309-400 ms
+        with 0, 0.05 and 0.1 s). A signal that finds the stream idle, or one at a time,
+        never waits for it."""
         try:
             first = await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
