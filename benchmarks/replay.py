@@ -3,7 +3,9 @@ bars/s and peak RSS, directly (plain step functions) and through the `paper_repl
 
 Modes (one per process, so peak RSS is per mode):
 
-* ``direct`` / ``flow``: the basic simulator (next-open, 1 bps fixed slippage).
+* ``direct`` / ``flow``: the basic simulator (next-open, 1 bps fixed slippage); both run
+  the GX market-data gate first, as the flow does by default.
+* ``flow-ungated``: ``flow`` with ``quality_gate=False``: what the gate costs, apart.
 * ``advanced``: the flow with the advanced simulator: sqrt-impact slippage (k = 1) and
   the 10 % participation cap (partial fills over bars), limits trading through.
 * ``multi``: the advanced flow over ten symbols x N_BARS on one account (N_SIGNALS per
@@ -18,7 +20,7 @@ Each ``_wall`` line also carries ``cpu_s`` (this process's CPU seconds over the 
 and ``api_cpu_s`` (the ephemeral Prefect API server's, a child process): on a shared 2-core
 machine the wall time follows the load, the CPU seconds much less.
 
-    python -m benchmarks.replay direct|flow|advanced|multi|lower-bound [N_BARS] [N_SIGNALS]
+    python -m benchmarks.replay direct|flow|flow-ungated|advanced|multi|lower-bound [N_BARS] [N_SIGNALS]
 """
 
 from __future__ import annotations
@@ -47,10 +49,12 @@ def main(mode: str, n_bars: int = 1_000_000, n_signals: int = 5_000) -> None:
                       fee_rate=0.001, slippage_bps=1.0, out=str(tmp / "out"), database_url=db, chunk_signals=500)
         if mode == "direct":
             seconds, summary = _direct(kwargs)
+        elif mode == "flow-ungated":  # the flow without its GX market-data gate: the gate's share, apart
+            seconds, summary = _flow({**kwargs, "quality_gate": False})
         else:
             seconds, summary = _flow(kwargs)
         assert summary["n_fills"] > 0.9 * n_signals, summary
-        tag = f"replay_{mode}_{n_bars // 1000}k_bars_{n_signals}_signals"
+        tag = f"replay_{mode.replace('-', '_')}_{n_bars // 1000}k_bars_{n_signals}_signals"
         emit(f"{tag}_wall", seconds, "s", "<= 10" if mode == "flow" else None, **LAST_CPU)
         emit(f"{tag}_throughput", n_bars / seconds, "bars/s")
         emit(f"{tag}_peak_rss", peak_rss_mib(), "MiB", "<= 1024" if mode == "flow" else None)
@@ -77,18 +81,25 @@ def _cpu_since(before: tuple[float, float]) -> dict:
 LAST_CPU: dict = {}
 
 
-def _direct(kwargs: dict) -> tuple[float, dict]:
+def _direct(kwargs: dict, gate: bool = True) -> tuple[float, dict]:
+    """The replay the flow runs, its step functions called directly: load, the same GX
+    market-data gate (``gate``), the steps, the outputs. So the flow's time over this one
+    is what Prefect adds, not the gate's work."""
     import prefect.context  # noqa: F401  -- imported before timing, as in the flow case
 
     from tradpal.ledger import Ledger
-    from tradpal.replay import ReplayParams, load_inputs, run_replay, write_outputs
+    from tradpal.replay import ReplayParams, gate_market_data, load_inputs, run_replay, write_outputs
 
     ledger = Ledger(kwargs["database_url"])  # migrations: outside the timing, as in the flow case
+    if gate:
+        import great_expectations  # noqa: F401  -- outside the timing, as in the flow case
     cpu = _cpu_seconds()
     t0 = time.perf_counter()
     params = ReplayParams(kwargs["ohlcv"], kwargs["signals"], kwargs["symbol"], kwargs["cash"], kwargs["fee_rate"],
                           kwargs["slippage_bps"], kwargs["out"], kwargs["chunk_signals"])
     inputs = load_inputs(params)
+    for _, checked in gate_market_data(inputs, kwargs["out"]) if gate else ():
+        checked.raise_for_failure()
     result = asyncio.run(run_replay(params, inputs, ledger))
     write_outputs(kwargs["out"], result.reports, result.summary, result.equity)
     ledger.finish_run(result.summary["run_id"], "completed", result.summary)
@@ -228,7 +239,7 @@ def lower_bound_case(n_bars: int, n_signals: int) -> None:
         kwargs = dict(ohlcv=str(ohlcv), signals=str(signals), symbol="BTC/USDT", cash=1_000_000.0, fee_rate=0.001,
                       slippage_bps=1.0, out=str(tmp / "pipeline"), database_url=f"sqlite:///{tmp / 'l.db'}",
                       chunk_signals=500)
-        _, summary = _direct(kwargs)  # the check, outside the timing
+        _, summary = _direct(kwargs, gate=False)  # the check, outside the timing
         import pandas as pd
 
         fills = pd.read_csv(tmp / "pipeline" / "fills.csv")

@@ -13,6 +13,8 @@
                                                   PostgreSQL ledger (127.0.0.1:5432), every signal
                                                   sent to both: one order per signal
 
+``TRADPAL_BENCH_BATCH_INTERVAL=S`` starts the workers with ``--batch-interval S``.
+
 The service under test runs in its own process (`tradpal live run`, its own ephemeral
 Prefect API); the load generator and the emulator run in others.
 """
@@ -66,7 +68,8 @@ def start_worker(tmp: Path, symbol: str, db: str, env: dict[str, str], *prices: 
     quote = symbol.split("/")[1]
     ready = tmp / f"ready-{uuid.uuid4().hex[:6]}"
     argv = [*TRADPAL, "live", "run", "--symbol", symbol, "--port", "0", "--ready-file", str(ready),
-            "--database-url", db, "--cash", "1e9", "--quote", quote, *(["--shared-account"] if shared else []), *sum((["--price", p] for p in prices), [])]
+            "--database-url", db, "--cash", "1e9", "--quote", quote, *(["--shared-account"] if shared else []), *sum((["--price", p] for p in prices), []),
+            *(["--batch-interval", os.environ["TRADPAL_BENCH_BATCH_INTERVAL"]] if os.environ.get("TRADPAL_BENCH_BATCH_INTERVAL") else [])]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "worker.log", "ab"))  # noqa: SIM115 - the child keeps it
     return proc, int(_wait_file(ready, proc))
 

@@ -20,7 +20,12 @@ What a warm run does not get, by design (each falls back to a process when it ma
   any runs in its own process instead;
 - isolation: a warm run that kills its process (``os._exit``, a segfault, TRADPAL_CRASH_AT)
   takes the worker with it, and runs already started cannot be cancelled from the UI (a
-  Scheduled or Pending one can). The live run takes about half a second;
+  Scheduled or Pending one can). The live run takes about half a second. Nobody is left to
+  report such a run's end, so every warm worker, when it starts and every
+  ``ORPHAN_SWEEP_S`` after, marks Crashed the Pending or Running runs of its pool that a warm
+  worker of this host ran and whose process is gone (`crash_orphaned_runs`; the recorded
+  infrastructure is ``warm:HOST:PID:START``, so a reused pid is not taken for the dead
+  worker). Their orders are the ledger's business: the next live run's reconciliation;
 - unbounded concurrency: at most ``WARM_THREADS`` (64) warm runs at once, one thread each (a
   run waiting for a person's approval holds its thread); more wait for a free one.
 
@@ -53,6 +58,7 @@ from prefect.workers.process import ProcessWorker, ProcessWorkerResult
 
 WARM_ENTRYPOINTS = ("flows/live_execution.py:live_execution",)
 WARM_THREADS = 64  # warm runs at once (one thread each, also while one waits for an approval)
+ORPHAN_SWEEP_S = 60.0  # how often a warm worker looks for runs a dead warm worker of this host left Running
 logger = logging.getLogger("tradpal.warm_worker")
 
 
@@ -96,6 +102,59 @@ def import_warm_flows(entrypoints: Iterable[str]) -> dict[str, Any]:
             logger.warning("warm flow %s not imported (%s: %s): its runs get a process each",
                            entrypoint, type(exc).__name__, exc)
     return flows
+
+
+def warm_identifier(pid: int | None = None) -> str:
+    """What a warm run records as its infrastructure: ``warm:HOST:PID:START`` (START: the
+    process's start time, `tradpal.processes.process_started`; left out where unknown)."""
+    from tradpal.processes import process_started
+
+    pid = os.getpid() if pid is None else pid
+    started = process_started(pid)
+    return f"warm:{os.uname().nodename}:{pid}" + (f":{started}" if started is not None else "")
+
+
+def orphaned(infrastructure: str | None, host: str | None = None) -> bool:
+    """A run recorded as ``warm:HOST:PID[:START]`` whose worker process, on this host, is
+    gone. Another host's run, this process's own, or any other infrastructure: False."""
+    from tradpal.processes import process_alive
+
+    parts = (infrastructure or "").split(":")
+    if len(parts) not in (3, 4) or parts[0] != "warm" or parts[1] != (host or os.uname().nodename):
+        return False
+    try:
+        pid, started = int(parts[2]), int(parts[3]) if len(parts) == 4 else None
+    except ValueError:
+        return False
+    return pid != os.getpid() and not process_alive(pid, started)
+
+
+async def crash_orphaned_runs(client: Any, pool: str) -> list[UUID]:
+    """Mark Crashed the Pending and Running flow runs of ``pool`` whose warm worker on this
+    host is gone (`orphaned`); their ids."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    runs = await client.read_flow_runs(
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING]))))
+    crashed = []
+    for run in runs:
+        if orphaned(run.infrastructure_pid):
+            message = (f"the warm worker that ran it ({run.infrastructure_pid}) is gone; its orders are "
+                       "reconciled by the next live run")
+            await client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+            logger.warning("flow run %s (%s): %s", run.name, run.id, message)
+            crashed.append(run.id)
+    return crashed
 
 
 def run_in_this_process(flow: Any, flow_run: Any) -> int:
@@ -146,6 +205,7 @@ with warnings.catch_warnings():
             run Scheduled in this pool (`wake_on_scheduled`)."""
             async with anyio.create_task_group() as group:
                 group.start_soon(self.wake_on_scheduled)
+                group.start_soon(self.sweep_orphans)
                 try:
                     await super().start(*args, **kwargs)
                 finally:
@@ -179,6 +239,18 @@ with warnings.catch_warnings():
                 self.listening.clear()
                 await anyio.sleep(1)
 
+        async def sweep_orphans(self) -> None:
+            """`crash_orphaned_runs` now and every ``ORPHAN_SWEEP_S`` (errors logged, retried)."""
+            from prefect.client.orchestration import get_client
+
+            while True:
+                try:
+                    async with get_client() as client:
+                        await crash_orphaned_runs(client, self._work_pool_name)
+                except Exception as exc:  # the API is down: next time
+                    logger.debug("orphaned runs sweep: %s", exc)
+                await anyio.sleep(ORPHAN_SWEEP_S)
+
         async def warm_flow_for(self, flow_run: Any) -> Any | None:
             """The imported flow that runs ``flow_run`` here, or None (its own process)."""
             if not self.warm_flows or flow_run.deployment_id is None or flow_run.job_variables:
@@ -195,7 +267,7 @@ with warnings.catch_warnings():
             if flow is None:
                 return await super().run(flow_run, configuration, task_status)
             if task_status is not None:  # recorded as the run's infrastructure: not a pid to signal
-                task_status.started(f"warm:{os.uname().nodename}:{os.getpid()}")  # type: ignore[arg-type]
+                task_status.started(warm_identifier())  # type: ignore[arg-type]
             self.get_flow_run_logger(flow_run).info("Running in the warm worker's process (%s)", flow.name)
             current = await self.client.read_flow_run(flow_run.id)  # its state now (Submitting)
             # not abandoned on cancel: a worker shutting down waits for the warm runs it started

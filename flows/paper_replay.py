@@ -14,8 +14,14 @@ from tasks.prefect_tasks import task_caller
 from tradpal import progress
 from tradpal.config import load_settings
 from tradpal.ledger import Ledger
-from tradpal.quality import check_market_data
-from tradpal.replay import ReplayInputs, ReplayParams, frozen_heap, load_inputs, run_replay, write_outputs
+from tradpal.replay import (
+    ReplayInputs,
+    ReplayParams,
+    gate_market_data,
+    load_inputs,
+    run_replay,
+    write_outputs,
+)
 from tradpal.reporting import summary_markdown
 
 
@@ -28,11 +34,7 @@ def load_inputs_task(params: ReplayParams) -> ReplayInputs:
 def market_data_gate_task(inputs: ReplayInputs, out: str | None, max_gap_multiple: float) -> None:
     """Great Expectations' market-data suite on every market before anything trades; a
     failure stops the replay with GX's result summary (also a markdown artifact)."""
-    frames = inputs.markets or {"bars": inputs.bars}
-    for name, bars in frames.items():
-        docs = f"{out}/data_docs/market_data/{name.replace('/', '-')}" if out else None
-        with frozen_heap():  # GX allocates enough for full collections over the whole process heap
-            result = check_market_data(bars, max_gap_multiple=max_gap_multiple, data_docs_dir=docs)
+    for name, result in gate_market_data(inputs, out, max_gap_multiple):
         create_markdown_artifact(key="market-data-quality", markdown=result.to_markdown(),
                                  description=f"market data {name}")
         result.raise_for_failure()

@@ -10,7 +10,8 @@ request and decision is audited (who, when) and alerted.
 This module is Prefect-free: which orders need approval (`needs_approval`), the form's
 fields (`ApprovalForm`) and text (`ApprovalRequest.description`), what an answer means
 (`Decision`), and recording a decision (`record_decision`). The flow only pauses and
-reads the answer (`flows/live_execution.py`).
+reads the answer (`flows/live_execution.py`); the streaming session holds such an order
+without pausing (`tradpal.streaming.ApprovalHolds`, its approval run in `flows/live_stream.py`).
 
 Configuration: ``approval.notional_above`` / ``approval.timeout_s`` in the risk YAML, or
 ``TRADPAL_APPROVAL_NOTIONAL`` / ``TRADPAL_APPROVAL_TIMEOUT_S``; off unless a threshold is set.
@@ -181,13 +182,16 @@ class ApprovalRequest:
                 "threshold": self.threshold, "timeout_s": self.timeout_s, "checks": list(self.checks)}
 
 
-OUTCOMES = ("approved", "refused", "timeout")
+OUTCOMES = ("approved", "refused", "timeout", "cancelled")
+EVENTS = {"approved": "order.approved", "refused": "order.refused", "timeout": "order.approval_timeout",
+          "cancelled": "order.approval_cancelled"}
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What became of a request: ``outcome`` approved | refused | timeout, ``by`` whom
-    (None on a timeout), ``at`` when (UTC)."""
+    """What became of a request: ``outcome`` approved | refused | timeout | cancelled,
+    ``by`` whom (None on a timeout), ``at`` when (UTC). Cancelled: no person decided and the
+    wait ended for another reason, given as ``comment`` (the streaming session stopped)."""
 
     outcome: str
     at: datetime
@@ -210,11 +214,17 @@ class Decision:
     def timed_out(cls, at: datetime | None = None) -> Decision:
         return cls("timeout", at or datetime.now(UTC))
 
+    @classmethod
+    def cancelled(cls, why: str, at: datetime | None = None) -> Decision:
+        return cls("cancelled", at or datetime.now(UTC), comment=why)
+
     def reason(self, request: ApprovalRequest) -> str:
         """The rejection reason for a refused or timed-out order."""
         when = self.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         if self.outcome == "timeout":
             return f"approval timed out: no answer within {request.timeout_s:g} s (cancelled at {when})"
+        if self.outcome == "cancelled":
+            return f"approval cancelled at {when}: {self.comment}"
         why = f": {self.comment}" if self.comment else ""
         return f"approval refused by {self.by} at {when}{why}"
 
@@ -235,8 +245,7 @@ def record_decision(ledger: Any, request: ApprovalRequest, decision: Decision, p
     at = decision.at.astimezone(UTC)
     payload = {"decision": decision.outcome, "decided_by": decision.by, "decided_at": at.isoformat(),
                "comment": decision.comment, "signal_id": request.signal_id, **request.payload()}
-    event = {"approved": "order.approved", "refused": "order.refused", "timeout": "order.approval_timeout"}
-    rows = [{"event": event[decision.outcome], "entity": "order", "entity_id": request.client_order_id,
+    rows = [{"event": EVENTS[decision.outcome], "entity": "order", "entity_id": request.client_order_id,
              "payload": payload}]
     with ledger.transaction() as s:
         if not decision.approved:
@@ -269,8 +278,8 @@ def decision_alert(alerter: Any, request: ApprovalRequest, decision: Decision, *
         when = decision.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         what, body, level = "approved", f"approved by {decision.by} at {when}", "info"
     else:
-        what, body, level = ("refused" if decision.outcome == "refused" else "timed out"), \
-            decision.reason(request), "warning"
+        what = {"refused": "refused", "timeout": "timed out", "cancelled": "cancelled"}[decision.outcome]
+        body, level = decision.reason(request), "warning"
     comment = f" Comment: {decision.comment}." if decision.comment and decision.approved else ""
     return alerter.notify(f"approval:{decision.outcome}:{request.client_order_id}",
                           f"TradPal order {what}: {request.headline()}",
@@ -288,6 +297,35 @@ def refused_in_stream(request: ApprovalRequest) -> Decision:
     return Decision("refused", datetime.now(UTC), by="tradpal live run", comment=STREAM_REFUSAL)
 
 
+def request_for(order: dict, ctx: Any, policy: ApprovalPolicy) -> ApprovalRequest:
+    """The request for one checked order (a row of step 4's frame, as a dict)."""
+    return ApprovalRequest.from_order(order, policy, checks_passed(ctx.config, str(order["symbol"])))
+
+
+def open_request(ctx: Any, request: ApprovalRequest, prov: Any, *, alert: bool = True,
+                 ui_url: str | None = None) -> None:
+    """Audit the request (``order.approval_requested``) and, with ``alert``, tell people."""
+    record_request(ctx.recorder.ledger, request, prov, flow_run_id=prov.flow_run_id)
+    if alert:
+        alert_request(ctx, request, prov, ui_url=ui_url)
+
+
+def alert_request(ctx: Any, request: ApprovalRequest, prov: Any, *, ui_url: str | None = None) -> None:
+    if ctx.alerter is not None:
+        ctx.recorder.record_alerts([request_alert(ctx.alerter, request, flow_run_id=prov.flow_run_id,
+                                                  ui_url=ui_url)], prov)
+
+
+def close_request(ctx: Any, request: ApprovalRequest, decision: Decision, prov: Any) -> None:
+    """Record ``decision`` (`record_decision`: audit, and the rejection unless approved),
+    alert it, and count a rejection as ``approval.rejected``."""
+    record_decision(ctx.recorder.ledger, request, decision, prov, namespace=ctx.namespace, venue=ctx.venue)
+    if ctx.alerter is not None:
+        ctx.recorder.record_alerts([decision_alert(ctx.alerter, request, decision,
+                                                   flow_run_id=prov.flow_run_id)], prov)
+    ctx.counts[f"{STEP}.rejected"] += 0 if decision.approved else 1
+
+
 async def review(orders: pd.DataFrame, ctx: Any, policy: ApprovalPolicy, ask, *,
                  ui_url: str | None = None) -> pd.DataFrame:
     """The orders of ``orders`` (a checked frame) that may go on to placement: those
@@ -301,21 +339,12 @@ async def review(orders: pd.DataFrame, ctx: Any, policy: ApprovalPolicy, ask, *,
     waiting = needs_approval(orders, policy)
     if not waiting.any():
         return orders
-    ledger = ctx.recorder.ledger
     keep = ~waiting
     for i in np.flatnonzero(waiting):
         prov = provenance(ctx)
-        request = ApprovalRequest.from_order(orders.iloc[i].to_dict(), policy,
-                                             checks_passed(ctx.config, str(orders["symbol"].iloc[i])))
-        record_request(ledger, request, prov, flow_run_id=prov.flow_run_id)
-        if ctx.alerter is not None:
-            ctx.recorder.record_alerts([request_alert(ctx.alerter, request, flow_run_id=prov.flow_run_id,
-                                                      ui_url=ui_url)], prov)
+        request = request_for(orders.iloc[i].to_dict(), ctx, policy)
+        open_request(ctx, request, prov, ui_url=ui_url)
         decision = await ask(request)
-        record_decision(ledger, request, decision, prov, namespace=ctx.namespace, venue=ctx.venue)
-        if ctx.alerter is not None:
-            ctx.recorder.record_alerts([decision_alert(ctx.alerter, request, decision,
-                                                       flow_run_id=prov.flow_run_id)], prov)
+        close_request(ctx, request, decision, prov)
         keep[i] = decision.approved
-        ctx.counts[f"{STEP}.rejected"] += 0 if decision.approved else 1
     return orders.loc[keep].reset_index(drop=True)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from tasks.context import ExecutionContext
 from tasks.contracts import ExecutionReport
-from tasks.step import StepResult
+from tasks.step import NAT, StepResult, frame_of
 
 COLUMNS = list(ExecutionReport.to_schema().columns)
 
@@ -26,22 +26,28 @@ def analyse_executions(booked: pd.DataFrame, ctx: ExecutionContext) -> StepResul
     qty = booked["last_qty"].to_numpy("float64")
     px = booked["last_px"].to_numpy("float64")
     ref = booked["reference_price"].to_numpy("float64")
-    report = pd.DataFrame({
-        "client_order_id": booked["client_order_id"],
-        "signal_id": booked["signal_id"],
-        "symbol": booked["symbol"],
-        "side": booked["side"],
-        "strategy": booked["strategy"],
-        "exec_type": booked["exec_type"],
-        "timestamp": booked["timestamp"],
+    ts, signal_time = booked["timestamp"].array, booked["signal_time"].array
+    t_ns, s_ns = ts.asi8, signal_time.asi8
+    # = (timestamp - signal_time).dt.total_seconds().clip(lower=0): nanoseconds / 1e9, NaT as NaN
+    with np.errstate(invalid="ignore"):
+        latency = np.where((t_ns == NAT) | (s_ns == NAT), np.nan, (t_ns - s_ns) / 1_000_000_000)
+    latency = np.where(latency < 0.0, 0.0, latency)
+    report = frame_of({
+        "client_order_id": booked["client_order_id"].to_numpy(),
+        "signal_id": booked["signal_id"].to_numpy(),
+        "symbol": booked["symbol"].to_numpy(),
+        "side": side,
+        "strategy": booked["strategy"].to_numpy(),
+        "exec_type": booked["exec_type"].to_numpy(),
+        "timestamp": ts,
         "quantity": qty,
         "price": px,
         "notional": np.nan_to_num(qty * px),
         "fee": booked["last_fee"].to_numpy("float64"),
         "reference_price": ref,
         "slippage_bps": np.where(qty > 0, slippage_bps(side, px, ref), np.nan),
-        "latency_s": ((booked["timestamp"] - booked["signal_time"]).dt.total_seconds().clip(lower=0.0)
-                      .to_numpy("float64")),
+        "latency_s": latency,
         "realized_pnl": booked["realized_pnl"].to_numpy("float64"),
-    }, columns=COLUMNS)
+    })
+    report.index = booked.index
     return StepResult(report)

@@ -24,6 +24,8 @@ from pandas.api.types import infer_dtype
 from pandera.errors import SchemaError, SchemaErrors
 from pandera.typing import Series
 
+from tasks.step import column_arrays
+
 
 def _pandas_only_typing() -> None:
     """Building a model, Pandera probes for Dask types by importing ``dask.dataframe``
@@ -254,7 +256,7 @@ SMALL = 64  # up to this many rows, plain Python over the values beats pandas' v
 
 
 def _column_check(name: str, col, pandas_dtype, is_str: bool):
-    """One column's predicate ``(series) -> bool`` (True: every check passes), or None if
+    """One column's predicate ``(array) -> bool`` (True: every check passes), or None if
     the column has a check the fast path does not know."""
     preds = []
     for check in col.checks:
@@ -276,13 +278,33 @@ def _column_check(name: str, col, pandas_dtype, is_str: bool):
     nullable, unique = col.nullable, col.unique
 
     if not is_str:
-        def numeric(series: pd.Series) -> bool:
-            if series.dtype != pandas_dtype:
+        kind = pandas_dtype.kind
+
+        trivial = not preds and not unique and (nullable or kind not in "fM")  # the dtype says it all
+
+        def numeric(array) -> bool:
+            if array.dtype != pandas_dtype:
                 return False
-            values = series.to_numpy() if pandas_dtype.kind != "M" else series.array.asi8
-            if pandas_dtype.kind == "f":
+            if trivial:
+                return True
+            if kind == "f" and len(array) <= SMALL:  # plain Python floats: the same IEEE comparisons
+                present = [v for v in array.tolist() if v == v]
+                if len(present) != len(array) and not nullable:
+                    return False
+                for op, arg in preds:
+                    if op == "gt":
+                        if not all(v > arg for v in present):
+                            return False
+                    elif op == "ge":
+                        if not all(v >= arg for v in present):
+                            return False
+                    else:
+                        return False
+                return not unique or pd.Series(array).is_unique
+            values = array.asi8 if kind == "M" else np.asarray(array)
+            if kind == "f":
                 na = np.isnan(values)
-            elif pandas_dtype.kind == "M":
+            elif kind == "M":
                 na = values == np.iinfo(np.int64).min
             else:
                 na = None
@@ -299,24 +321,24 @@ def _column_check(name: str, col, pandas_dtype, is_str: bool):
                         return False
                 else:  # isin/len/match on a non-string column: let Pandera decide
                     return False
-            return not unique or series.is_unique
+            return not unique or pd.Series(array).is_unique
 
         return numeric
 
-    def text(series: pd.Series) -> bool:
-        if series.dtype != object:
+    def text(values) -> bool:
+        if values.dtype != object or not isinstance(values, np.ndarray):
             return False
-        values = series.to_numpy()
         n = len(values)
         if n <= SMALL:
-            present = [v for v in values if not (v is None or (type(v) is float and v != v))]
+            present = [v for v in values.tolist() if not (v is None or (type(v) is float and v != v))]
             if not all(type(v) is str for v in present):
                 return False
         else:
             kind = infer_dtype(values, skipna=True)
             if kind not in ("string", "empty"):
                 return False
-            present = values[pd.notna(values)] if series.hasnans else values
+            missing = pd.isna(values)
+            present = values[~missing] if missing.any() else values
         if len(present) != n and not nullable:
             return False
         for op, arg in preds:
@@ -344,9 +366,36 @@ def _column_check(name: str, col, pandas_dtype, is_str: bool):
                     return False
             if not ok:
                 return False
-        return not unique or series.is_unique
+        if not unique:
+            return True
+        if n <= SMALL and len(present) == n:
+            return len(set(present)) == n  # str values: equal exactly when pandas' hash table says so
+        return pd.Series(values, dtype=object).is_unique
 
     return text
+
+
+# The frame-level checks of the models above, on the columns' arrays, each the twin of the
+# check of that name (by name, so a renamed check falls back to running Pandera's check on the
+# frame). They run only after every column check passed: the dtypes are the contract's (the
+# prices and quantities float64, the order types and ids str or missing), so NaN is the only
+# missing price and None/NaN the only missing id. Keep each in step with its check.
+def _needs(order_type: np.ndarray, types: tuple[str, ...]) -> np.ndarray:
+    out = order_type == types[0]
+    for t in types[1:]:
+        out = out | (order_type == t)
+    return np.asarray(out, dtype=bool)
+
+
+FAST_FRAME_CHECKS = {
+    "_limit_has_price": (("order_type", "price"),
+                         lambda ot, price: not (_needs(ot, ("limit", "stop_limit")) & np.isnan(price)).any()),
+    "_stop_has_stop": (("order_type", "stop_price"),
+                       lambda ot, stop: not (_needs(ot, ("stop", "stop_limit")) & np.isnan(stop)).any()),
+    "_fill_has_price": (("last_qty", "last_px", "trade_id"),
+                        lambda qty, px, tid: not ((qty > 0) & (np.isnan(px) | pd.isna(tid))).any()),
+    "_not_overfilled": (("cum_qty", "order_qty"), lambda cum, order: bool((cum <= order * (1 + 1e-9)).all())),
+}
 
 
 @functools.cache
@@ -369,19 +418,34 @@ def _compile(contract: type[pa.DataFrameModel]):
         if pred is None:
             return None
         columns[name] = pred
-    frame_checks = []
+    fast_checks, frame_checks = [], []
     for check in schema.checks:
         if check.groups is not None or check.element_wise:
             return None
-        frame_checks.append(functools.partial(check._check_fn, **check._check_kwargs))
+        twin = FAST_FRAME_CHECKS.get(check.name)
+        if twin is not None and set(twin[0]) <= set(columns):
+            fast_checks.append(twin)
+        else:
+            frame_checks.append(functools.partial(check._check_fn, **check._check_kwargs))
     names = frozenset(columns)
+    order: dict[tuple, list] = {}  # per column order seen: the predicates in that order
 
     def passes(frame: pd.DataFrame) -> bool:
-        if len(frame.columns) != len(names) or not names.issuperset(frame.columns):
-            return False
-        for name, pred in columns.items():
-            if not pred(frame[name]):
+        cols = tuple(frame.columns)
+        preds = order.get(cols)
+        if preds is None:
+            if len(cols) != len(names) or set(cols) != names:
                 return False
+            preds = order.setdefault(cols, [columns[n] for n in cols])
+        arrays = column_arrays(frame)
+        for pred, array in zip(preds, arrays, strict=True):
+            if not pred(array):
+                return False
+        if fast_checks:
+            by_name = dict(zip(cols, arrays, strict=True))
+            for needed, fn in fast_checks:
+                if not fn(*(by_name[n] for n in needed)):
+                    return False
         for fn in frame_checks:
             out = fn(frame)
             if not isinstance(out, pd.Series) or out.dtype != bool or not out.index.equals(frame.index) or not out.all():

@@ -21,7 +21,7 @@ from brokers.base import InvalidOrderError, OrderNotFoundError, OrderResult, Ord
 from tasks.brackets import BracketPass, leg_coids, next_bar_wake
 from tasks.context import ExecutionContext, OpenOrder
 from tasks.contracts import ExecutionFrame
-from tasks.step import StepResult, rejections
+from tasks.step import StepResult, frame_of, records, rejections, strings, utc_array
 
 COLUMNS = list(ExecutionFrame.to_schema().columns)
 END_OF_DATA = "unfilled: the market data ended before the order could fill"
@@ -129,7 +129,7 @@ async def monitor_executions(placed: pd.DataFrame, ctx: ExecutionContext) -> Ste
     """Report fills and terminal states of every open order (this batch's and earlier ones)."""
     cfg = ctx.config
     memory = dict(ctx.open_orders)
-    rows = placed.to_dict("records")
+    rows = records(placed)
     for row in rows:
         memory.setdefault(row["client_order_id"], OpenOrder(row))
     reports: list[dict] = []
@@ -162,8 +162,9 @@ async def monitor_executions(placed: pd.DataFrame, ctx: ExecutionContext) -> Ste
     brackets.commit()
     ctx.open_orders = memory
     ctx.placement_results.clear()  # seen: from now on the broker is asked
-    frame = pd.DataFrame(reports, columns=COLUMNS)
-    frame = _typed(frame)
+    frame = _typed_frame(reports)
+    if not any(r["exec_type"] == "REJECTED" for r in reports):
+        return StepResult(frame)
     refused = frame[frame["exec_type"] == "REJECTED"]
     return StepResult(frame, rejections(refused["signal_id"], refused["reason"].fillna("rejected by the broker"),
                                         refused["client_order_id"]))
@@ -171,6 +172,50 @@ async def monitor_executions(placed: pd.DataFrame, ctx: ExecutionContext) -> Ste
 
 _UTC = pd.DatetimeTZDtype("ns", "UTC")
 _OBJECT = np.dtype(object)
+_TIMES = ("timestamp", "signal_time", "placed_at")
+_FLOATS = ("last_qty", "last_px", "last_fee", "model_price", "order_qty", "cum_qty", "avg_px", "cum_fee",
+           "reference_price")
+_NULLABLE_TEXT = ("trade_id", "fee_currency", "reason")
+_TEXT = ("client_order_id", "broker_order_id", "signal_id", "symbol", "side", "strategy", "exec_type", "status")
+_NUMBER_TYPES = (float, int, np.float64, type(None))
+
+
+def _typed_frame(reports: list[dict]) -> pd.DataFrame:
+    """`_typed` of the reports' frame, made at once from the reports' values when they
+    have their usual types (times as tz-aware Timestamps, numbers as float/int/None, flags
+    as bool: what `reports_for` builds), so nothing needs converting; else the general way."""
+    cols: dict = {}
+    try:
+        for col in COLUMNS:
+            vals = [r[col] for r in reports]
+            if col in _TIMES:
+                if not all(type(v) is pd.Timestamp and v.tzinfo is not None for v in vals):
+                    raise TypeError(col)
+                cols[col] = utc_array([v.value for v in vals])
+            elif col in _FLOATS:
+                if not all(type(v) in _NUMBER_TYPES for v in vals):
+                    raise TypeError(col)
+                cols[col] = np.array(vals, dtype="float64")  # None: NaN
+            elif col == "is_maker":
+                if not all(type(v) is bool for v in vals):
+                    raise TypeError(col)
+                cols[col] = np.array(vals, dtype=bool)
+            elif col in _NULLABLE_TEXT:
+                cols[col] = strings([None if v is None or (type(v) is float and v != v) else v for v in vals])
+                if not all(v is None or type(v) is str for v in cols[col]):
+                    raise TypeError(col)
+            else:
+                cols[col] = strings(vals)
+                if not all(type(v) is str for v in vals):
+                    raise TypeError(col)
+    except (TypeError, KeyError):
+        return _typed(pd.DataFrame(reports, columns=COLUMNS))
+    if len(reports) > 1:
+        ts = cols["timestamp"].asi8
+        if (np.diff(ts) < 0).any():  # in time order (stable: reports of one time stay in their order)
+            order = np.argsort(ts, kind="stable")
+            cols = {name: array[order] for name, array in cols.items()}
+    return frame_of(cols)
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from tasks.context import ExecutionContext
 from tasks.contracts import OrderFrame
-from tasks.step import StepResult, rejections
+from tasks.step import NAT, StepResult, frame_of, rejections, strings, utc_array
 
 COLUMNS = list(OrderFrame.to_schema().columns)
 
@@ -42,35 +42,49 @@ def round_to_tick(values: np.ndarray, tick: float | None) -> np.ndarray:
 def create_orders(sized: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
     """Sized signals -> `OrderFrame`; a quantity that rounds to zero is rejected."""
     cfg = ctx.config
-    df = pd.DataFrame({
-        "signal_id": sized["signal_id"],
-        "client_order_id": pd.Series([client_order_id(s, 0, cfg.client_id_prefix) for s in sized["signal_id"]],
-                                     index=sized.index, dtype=object),  # object even when the batch is empty
-        "symbol": sized["symbol"],
-        "side": sized["side"],
-        "order_type": sized["order_type"],
-        "quantity": sized["quantity"].to_numpy("float64"),
-        "price": sized["limit_price"].to_numpy("float64"),
-        "stop_price": sized["stop_price"].to_numpy("float64"),
-        # the signal's own time in force, else the configuration's
-        "time_in_force": (sized["time_in_force"].astype(object).where(sized["time_in_force"].notna(),
-                                                                       cfg.time_in_force)
-                          if "time_in_force" in sized else cfg.time_in_force),
-        "reference_price": sized["reference_price"].to_numpy("float64"),
-        "strategy": sized["strategy"],
-        "signal_time": sized["timestamp"],
-        "created_at": sized["timestamp"].clip(lower=ctx.clock.now()),
-    })
-    for symbol in df["symbol"].unique():
+    ids = sized["signal_id"].tolist()
+    symbols = sized["symbol"].to_numpy()
+    quantity = sized["quantity"].to_numpy("float64")
+    qty = quantity.copy()
+    price = sized["limit_price"].to_numpy("float64").copy()
+    stop = sized["stop_price"].to_numpy("float64").copy()
+    for symbol in dict.fromkeys(symbols.tolist()):
         rules = cfg.rules_for(symbol)
-        rows = (df["symbol"] == symbol).to_numpy()
-        df.loc[rows, "quantity"] = round_down(df.loc[rows, "quantity"].to_numpy(), rules.lot_size)
-        for col in ("price", "stop_price"):
-            df.loc[rows, col] = round_to_tick(df.loc[rows, col].to_numpy(), rules.tick_size)
-    zero = ~(df["quantity"] > 0)
+        if not rules.lot_size and not rules.tick_size:
+            continue  # nothing to round
+        rows = symbols == symbol
+        qty[rows] = round_down(qty[rows], rules.lot_size)
+        price[rows] = round_to_tick(price[rows], rules.tick_size)
+        stop[rows] = round_to_tick(stop[rows], rules.tick_size)
+    if "time_in_force" in sized:  # the signal's own time in force, else the configuration's
+        tif = sized["time_in_force"].to_numpy()
+        tif = strings([cfg.time_in_force if m else v for v, m in zip(tif.tolist(), pd.isna(tif).tolist(), strict=True)])
+    else:
+        tif = strings([cfg.time_in_force] * len(ids))
+    signal_time = sized["timestamp"].array
+    ts = signal_time.asi8
+    created = np.where(ts == NAT, ts, np.maximum(ts, ctx.clock.now().value))  # not before now
+    cols = {
+        "signal_id": strings(ids),
+        "client_order_id": strings([client_order_id(s, 0, cfg.client_id_prefix) for s in ids]),
+        "symbol": sized["symbol"].to_numpy(),
+        "side": sized["side"].to_numpy(),
+        "order_type": sized["order_type"].to_numpy(),
+        "quantity": qty,
+        "price": price,
+        "stop_price": stop,
+        "time_in_force": tif,
+        "reference_price": sized["reference_price"].to_numpy("float64"),
+        "strategy": sized["strategy"].to_numpy(),
+        "signal_time": signal_time,
+        "created_at": utc_array(created),
+    }
+    zero = ~(qty > 0)
+    if not zero.any():
+        return StepResult(frame_of(cols))
     rejected = rejections(
-        df.loc[zero, "signal_id"],
-        [f"quantity {q:g} rounds to zero at the lot size" for q in sized.loc[zero, "quantity"]],
-        df.loc[zero, "client_order_id"],
+        cols["signal_id"][zero],
+        [f"quantity {q:g} rounds to zero at the lot size" for q in quantity[zero]],
+        cols["client_order_id"][zero],
     )
-    return StepResult(df.loc[~zero, COLUMNS].reset_index(drop=True), rejected)
+    return StepResult(frame_of({name: array[~zero] for name, array in cols.items()}), rejected)

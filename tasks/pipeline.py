@@ -35,6 +35,9 @@ class Step:
     output: type[pa.DataFrameModel]
     talks_to_broker: bool = False
     alerts_on_rejection: bool = False  # a refusal here is a risk breach: alert
+    # Works on its input rows only (no open orders, no book): with no rows it has nothing to
+    # do, and the flows run it in line (`run_step`) rather than as a task run.
+    row_wise: bool = False
 
     @property
     def title(self) -> str:
@@ -42,11 +45,11 @@ class Step:
 
 
 STEPS: tuple[Step, ...] = (
-    Step(1, "intake", intake_signals, c.SignalFrame),
-    Step(2, "sizing", size_signals, c.SizedFrame),
-    Step(3, "order_creation", create_orders, c.OrderFrame),
-    Step(4, "pre_checks", pre_execution_checks, c.CheckedFrame, alerts_on_rejection=True),
-    Step(5, "placement", place_orders, c.PlacedFrame, talks_to_broker=True),
+    Step(1, "intake", intake_signals, c.SignalFrame, row_wise=True),
+    Step(2, "sizing", size_signals, c.SizedFrame, row_wise=True),
+    Step(3, "order_creation", create_orders, c.OrderFrame, row_wise=True),
+    Step(4, "pre_checks", pre_execution_checks, c.CheckedFrame, alerts_on_rejection=True, row_wise=True),
+    Step(5, "placement", place_orders, c.PlacedFrame, talks_to_broker=True, row_wise=True),
     Step(6, "monitoring", monitor_executions, c.ExecutionFrame, talks_to_broker=True),
     Step(7, "positions", manage_positions, c.PositionFrame, talks_to_broker=True),
     Step(8, "analysis", analyse_executions, c.ExecutionReport),
@@ -80,7 +83,7 @@ async def run_step(step: Step, frame: pd.DataFrame, ctx: ExecutionContext) -> pd
     if step.alerts_on_rejection and len(result.rejected) and ctx.alerter is not None:
         alerts = breach_alerts(ctx.alerter, step.name, result.rejected, frame, flow_run_id=prov.flow_run_id)
         ctx.recorder.record_alerts(alerts, prov)
-    if "equity" in result.extra:
+    if "equity" in result.extra and len(result.extra["equity"]):  # live without bars: none (kept for a replay's equity.csv)
         ctx.equity_segments.append(result.extra["equity"])
     ctx.breaches.extend(result.extra.get("breaches", []))
     trips = result.extra.get("trips", [])

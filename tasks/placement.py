@@ -12,6 +12,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from brokers.base import (
@@ -24,7 +25,7 @@ from brokers.base import (
     TimeInForce,
 )
 from tasks.context import ExecutionContext
-from tasks.step import StepResult, rejections
+from tasks.step import StepResult, column_arrays, frame_of, records, rejections, strings, utc_array
 from tradpal.faults import crash_point
 
 
@@ -75,7 +76,7 @@ async def place_orders(checked: pd.DataFrame, ctx: ExecutionContext) -> StepResu
     """Place each order (up to ``config.placement_concurrency`` in flight at once; the
     outcome is the same as one by one, in row order). The broker's answers are kept in
     ``ctx.placement_results`` for monitoring (an order already over needs no poll)."""
-    rows = checked.to_dict("records")
+    rows = records(checked)
     outcomes: list[tuple[str, Any]] = [("", None)] * len(rows)
     limit = asyncio.Semaphore(max(1, int(ctx.config.placement_concurrency)))
 
@@ -102,9 +103,13 @@ async def place_orders(checked: pd.DataFrame, ctx: ExecutionContext) -> StepResu
                     group.create_task(one(i, row))
         except BaseExceptionGroup as eg:  # the first error as itself: retries and the ledger judge it by its type
             raise eg.exceptions[0] from None
-    placed: list[dict] = []
+    placed = np.zeros(len(rows), dtype=bool)
+    broker_ids: list[str] = []
+    statuses: list[str] = []
+    placed_ns: list[int] = []
+    acked_ns: list[int] = []
     refused: list[tuple[str, str, str]] = []
-    for row, (kind, value) in zip(rows, outcomes, strict=True):
+    for i, (row, (kind, value)) in enumerate(zip(rows, outcomes, strict=True)):
         if kind == "refused":
             refused.append((row["signal_id"], row["client_order_id"], value))
             continue
@@ -113,14 +118,18 @@ async def place_orders(checked: pd.DataFrame, ctx: ExecutionContext) -> StepResu
             refused.append((row["signal_id"], row["client_order_id"], result.reason or "rejected by the broker"))
             continue
         ctx.placement_results[row["client_order_id"]] = result
-        placed.append({**row, "broker_order_id": result.order_id, "status": result.status.value,
-                       "placed_at": pd.Timestamp(result.timestamp).tz_convert("UTC")
-                       if pd.Timestamp(result.timestamp).tzinfo else pd.Timestamp(result.timestamp, tz="UTC"),
-                       "acked_at": pd.Timestamp(datetime.now(UTC))})
-    frame = pd.DataFrame(placed, columns=[*checked.columns, "broker_order_id", "status", "placed_at", "acked_at"])
-    for col in ("placed_at", "acked_at"):
-        frame[col] = pd.to_datetime(frame[col], utc=True).astype("datetime64[ns, UTC]")
-    if frame.empty:
-        frame = frame.astype({c: checked[c].dtype for c in checked.columns})
+        placed[i] = True
+        broker_ids.append(result.order_id)
+        statuses.append(result.status.value)
+        at = pd.Timestamp(result.timestamp)
+        placed_ns.append((at.tz_convert("UTC") if at.tzinfo else at.tz_localize("UTC")).value)
+        acked_ns.append(pd.Timestamp(datetime.now(UTC)).value)
+    # the checked orders placed, with the broker's answer: one frame made at once
+    cols = dict(zip(checked.columns, column_arrays(checked), strict=True))
+    if not placed.all():
+        cols = {name: array[placed] for name, array in cols.items()}
+    cols.update(broker_order_id=strings(broker_ids), status=strings(statuses), placed_at=utc_array(placed_ns),
+                acked_at=utc_array(acked_ns))
+    frame = frame_of(cols)
     ids, coids, why = zip(*refused, strict=True) if refused else ((), (), ())
     return StepResult(frame, rejections(ids, why, coids))

@@ -5,6 +5,7 @@ projected over the batch (when configured)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from risk.breakers import blocking_breaker
@@ -18,7 +19,7 @@ from risk.checks import (
 )
 from risk.limits import check_limits
 from tasks.context import ExecutionContext
-from tasks.step import StepResult, rejections
+from tasks.step import StepResult, column_arrays, frame_of, no_rejections, rejections, utc_array
 
 
 def venue_limits(broker: object, symbols) -> dict:
@@ -55,8 +56,15 @@ def pre_execution_checks(orders: pd.DataFrame, ctx: ExecutionContext) -> StepRes
         results.append(check_balance(orders, ctx.book.cash, ctx.book.positions, now, cfg.fee_rate_estimate))
     reasons = first_reason(*results)
     bad = pd.notna(reasons)
-    out = orders.loc[~bad].copy()
-    out["checked_at"] = pd.Series([now] * len(out), index=out.index, dtype="datetime64[ns, UTC]")
-    rejected = rejections(orders.loc[bad, "signal_id"], reasons[bad], orders.loc[bad, "client_order_id"])
+    # the orders that passed, with the time they were checked: one frame made at once
+    cols = dict(zip(orders.columns, column_arrays(orders), strict=True))
+    if bad.any():
+        cols = {name: array[~bad] for name, array in cols.items()}
+        rejected = rejections(orders["signal_id"].to_numpy()[bad], reasons[bad],
+                              orders["client_order_id"].to_numpy()[bad])
+    else:
+        rejected = no_rejections()
+    cols["checked_at"] = utc_array(np.full(int((~bad).sum()), pd.Timestamp(now).tz_convert("UTC").value))
+    out = frame_of(cols)
     fired = [b.as_dict(t) for b, t in zip(breaches, orders["signal_time"], strict=False) if b is not None]
-    return StepResult(out.reset_index(drop=True), rejected, extra={"breaches": fired} if fired else {})
+    return StepResult(out, rejected, extra={"breaches": fired} if fired else {})

@@ -54,7 +54,7 @@ from tradpal.ledger.models import Order as OrderRow
 from tradpal.ledger.models import Rejection as RejectionRow
 from tradpal.ledger.models import Run as RunRow
 from tradpal.ledger.models import Signal as SignalRow
-from tradpal.processes import process_alive
+from tradpal.processes import recorded_process_alive
 
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED", "CREATED", "UNKNOWN")
 # terminal in the placement answer, then never followed up by monitoring (the process died
@@ -134,7 +134,7 @@ def owned_by_working_run(row: dict[str, Any], run_id: str | None) -> bool:
         return True
     if pid == os.getpid():  # this process: a run of ours still at work, not one that ended here
         return row["run_id"] in _AT_WORK
-    return process_alive(int(pid))
+    return recorded_process_alive(params)
 
 
 def orphan_signals(ledger: Ledger, namespace: str, run_id: str | None, before: datetime,
@@ -166,7 +166,7 @@ def run_is_gone(params: dict[str, Any], received: pd.Timestamp, remote_before: d
         return True
     if host != socket.gethostname():
         return received < _utc(remote_before)
-    return not process_alive(int(pid))
+    return not recorded_process_alive(params)
 
 
 def _settle_orphans(ledger: Ledger, namespace: str, prov: Provenance, report: ReconcileReport) -> None:
@@ -245,7 +245,7 @@ def run_gone_reason(params: dict[str, Any], silent_s: Callable[[], float],
     while no signal comes."""
     host, pid = params.get("host"), params.get("pid")
     if host and pid and host == socket.gethostname():
-        return None if process_alive(int(pid)) else f"process {pid} on {host} is gone"
+        return None if recorded_process_alive(params) else f"process {pid} on {host} is gone"
     if host and params.get("mode") == "stream":
         return None
     silent = silent_s()

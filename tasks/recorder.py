@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from risk.sizing import TradeHistory
 from tradpal.faults import crash_point
 from tradpal.ledger import Ledger, Provenance
+from tradpal.ledger.frames import column_list
 
 log = logging.getLogger("tradpal.recorder")
 LEDGER_RETRY_DELAYS_S = (0.5, 1.0, 2.0)  # a step's ledger write: up to 4 attempts over ~3.5 s
@@ -30,7 +31,7 @@ class LedgerUnavailableError(RuntimeError):
 
 def write_with_retries(ledger: Ledger, what: str, write: Callable[[Any], Any],
                        delays: tuple[float, ...] = LEDGER_RETRY_DELAYS_S) -> Any:
-    """``write(session)`` in one ledger transaction, retried after a database fault
+    """``write(session)`` in one ledger transaction (`Ledger.write`), retried after a database fault
     (``OperationalError``: connection refused or lost, database locked). Safe to retry:
     the failed transaction rolled back, and a retry writes the same rows again (a commit
     whose acknowledgement was lost may then meet a unique key, and fail loudly). Raises
@@ -38,7 +39,7 @@ def write_with_retries(ledger: Ledger, what: str, write: Callable[[Any], Any],
     (``TRADPAL_ALERT_URLS``) when one is configured."""
     for attempt, delay in enumerate((*delays, None), start=1):
         try:
-            with ledger.transaction() as s:
+            with ledger.write() as s:
                 return write(s)
         except OperationalError as exc:
             cause = f"{type(exc.orig).__name__}: {str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ''}"
@@ -62,13 +63,25 @@ def _alert(body: str) -> None:
         alerter.notify("ledger:unavailable", "TradPal ledger unavailable", body, level="failure")
 
 
+#: an execution report's columns as the ledger's order columns (monitoring's update)
+REPORT_AS_ORDER = {"status": "status", "filled_quantity": "cum_qty", "avg_price": "avg_px", "fees": "cum_fee",
+                   "fee_currency": "fee_currency", "reason": "reason", "updated_at": "timestamp"}
+#: an execution report's columns as the ledger's fill columns (its reference_price is the signal's)
+REPORT_AS_FILL = {"quantity": "last_qty", "price": "last_px", "fee": "last_fee", "reference_price": "model_price"}
+#: a placed order's columns as the ledger's order columns (placement's update)
+PLACED_AS_ORDER = {"broker_order_id": "broker_order_id", "status": "status", "placed_at": "placed_at",
+                   "updated_at": "acked_at"}
+TERMINAL = frozenset({"FILLED", "CANCELED", "REJECTED", "EXPIRED"})
+_PK_CACHE_MAX = 100_000  # ids kept per kind; past it the cache starts over (a miss is one look-up)
+
+
 def _latest_per_order(reports: pd.DataFrame) -> pd.DataFrame:
-    last = reports.drop_duplicates("client_order_id", keep="last")
-    return pd.DataFrame({
-        "client_order_id": last["client_order_id"], "status": last["status"],
-        "filled_quantity": last["cum_qty"], "avg_price": last["avg_px"], "fees": last["cum_fee"],
-        "fee_currency": last["fee_currency"], "reason": last["reason"], "updated_at": last["timestamp"],
-    })
+    """Each order's last report (``reports`` itself when no order repeats)."""
+    coids = column_list(reports, "client_order_id")
+    last = {c: i for i, c in enumerate(coids)}
+    if len(last) == len(coids):
+        return reports
+    return reports.iloc[sorted(last.values())]
 
 
 class LedgerRecorder:
@@ -77,6 +90,10 @@ class LedgerRecorder:
     def __init__(self, ledger: Ledger, *, run_id: str, namespace: str, venue: str) -> None:
         self.ledger, self.run_id, self.namespace, self.venue = ledger, run_id, namespace, venue
         self._claimed: set[str] = set()  # signal ids this recorder inserted by `claim_signals`
+        # ids of rows this recorder inserted, once committed: the next steps' writes need no
+        # look-up (a miss, e.g. an order another writer recorded, is looked up)
+        self._signal_pks: dict[str, int] = {}
+        self._order_pks: dict[str, int] = {}
 
     def known_signal_ids(self, signal_ids: list[str]) -> set[str]:
         return self.ledger.existing_signal_ids(self.namespace, signal_ids) if signal_ids else set()
@@ -88,9 +105,10 @@ class LedgerRecorder:
         this holds across processes and hosts sharing the ledger (no lock needed)."""
         if signals.empty:
             return set()
-        with self.ledger.transaction() as s:
+        with self.ledger.write() as s:
             got = self.ledger.record_signals(s, signals, namespace=self.namespace, prov=prov, skip_existing=True)
         self._claimed.update(got)
+        _remember(self._signal_pks, got)
         return set(signals["signal_id"]) - set(got)
 
     def claimed_here(self, signal_id: str) -> bool:
@@ -121,15 +139,27 @@ class LedgerRecorder:
         writer = getattr(self, f"_{step}", None)
         audit = [{"event": f"step.{step}", "entity": "batch", "entity_id": None,
                   "payload": {"rows_out": len(frame), "rejected": len(rejected)}}]
+        done: dict[str, Any] = {}  # ids inserted, what ended: kept once the transaction committed
 
         def write(s) -> None:
-            rows = audit + ((writer(s, frame, prov, extra or {}) or []) if writer is not None else [])
+            done.clear()
+            rows = audit + ((writer(s, frame, prov, extra or {}, done) or []) if writer is not None else [])
             if len(rejected):
                 rows += self._reject(s, step, rejected, prov)
             self.ledger.audit_many(s, rows, prov=prov)  # one statement for all of the step's audit rows
 
         write_with_retries(self.ledger, f"step {step}", write)
+        self._committed(done)
         crash_point(f"{step}.recorded")
+
+    def _committed(self, done: dict[str, Any]) -> None:
+        """The ids a committed step inserted join the caches; orders that ended leave them."""
+        if "orders" in done:
+            _remember(self._order_pks, done["orders"])
+            for sid in done["signals_used"]:
+                self._signal_pks.pop(sid, None)  # (an order per signal: its id is not needed again)
+        for coid in done.get("ended", ()):
+            self._order_pks.pop(coid, None)
 
     def record_failure(self, step: str, frame: pd.DataFrame, reason: str, prov: Provenance) -> None:
         """A broker step failed for good (retries exhausted or not retryable).
@@ -172,50 +202,59 @@ class LedgerRecorder:
                 "client_order_id": known["client_order_id"], "status": "REJECTED", "reason": known["reason"],
                 "updated_at": pd.Timestamp.now(tz="UTC")}), venue=self.venue, prov=prov)
         return [{"event": "signal.rejected", "entity": "signal", "entity_id": sid, "payload": {"step": step, "reason": why}}
-                for sid, why in zip(rows["signal_id"], rows["reason"], strict=True)]
+                for sid, why in zip(column_list(rows, "signal_id"), column_list(rows, "reason"), strict=True)]
 
-    def _intake(self, s, frame, prov, extra) -> list[dict] | None:
-        unclaimed = frame[~frame["signal_id"].isin(self._claimed)]  # claimed ones are in already
-        self.ledger.record_signals(s, unclaimed, namespace=self.namespace, prov=prov)
+    def _intake(self, s, frame, prov, extra, done) -> list[dict] | None:
+        claimed = self._claimed
+        if not all(sid in claimed for sid in column_list(frame, "signal_id")):
+            unclaimed = frame[~frame["signal_id"].isin(claimed)]  # claimed ones are in already
+            self.ledger.record_signals(s, unclaimed, namespace=self.namespace, prov=prov)
         from tasks.intake import requested_levels
 
         return requested_levels(frame, self.namespace)  # a signal's own bracket levels, for a restart
 
-    def _sizing(self, s, frame, prov, extra) -> list[dict] | None:
+    def _sizing(self, s, frame, prov, extra, done) -> list[dict] | None:
         """Each sized signal's method and inputs, in the audit log."""
         return [{"event": "signal.sized", "entity": "signal", "entity_id": sid,
                  "payload": {"quantity": q, "method": m, "inputs": json.loads(d)}}
-                for sid, q, m, d in zip(frame["signal_id"], frame["quantity"], frame["sizing_method"],
-                                        frame["sizing_detail"], strict=True)]
+                for sid, q, m, d in zip(*(column_list(frame, c) for c in ("signal_id", "quantity", "sizing_method",
+                                                                          "sizing_detail")), strict=True)]
 
-    def _order_creation(self, s, frame, prov, extra) -> list[dict] | None:
-        self.ledger.record_orders(s, frame, namespace=self.namespace, venue=self.venue, prov=prov)
-
-    def _placement(self, s, frame, prov, extra) -> list[dict] | None:
+    def _order_creation(self, s, frame, prov, extra, done) -> list[dict] | None:
         if frame.empty:
             return
-        self.ledger.update_orders(s, frame[["client_order_id", "broker_order_id", "status", "placed_at"]]
-                                  .assign(updated_at=frame["acked_at"]), venue=self.venue, prov=prov)
+        done["orders"] = self.ledger.record_orders(s, frame, namespace=self.namespace, venue=self.venue, prov=prov,
+                                                   signal_pks=self._signal_pks)
+        done["signals_used"] = column_list(frame, "signal_id")
+
+    def _placement(self, s, frame, prov, extra, done) -> list[dict] | None:
+        if frame.empty:
+            return
+        self.ledger.update_orders(s, frame, venue=self.venue, prov=prov, names=PLACED_AS_ORDER)
         return [{"event": "order.placed", "entity": "order", "entity_id": c, "payload": {"broker_order_id": b}}
-                for c, b in zip(frame["client_order_id"], frame["broker_order_id"], strict=True)]
+                for c, b in zip(column_list(frame, "client_order_id"), column_list(frame, "broker_order_id"), strict=True)]
 
-    def _monitoring(self, s, frame, prov, extra) -> list[dict] | None:
+    def _monitoring(self, s, frame, prov, extra, done) -> list[dict] | None:
         if frame.empty:
             return
-        fills = frame[frame["last_qty"] > 0]
-        if len(fills):
-            self.ledger.record_fills(s, fills.drop(columns=["reference_price"]).rename(columns={"last_qty": "quantity", "last_px": "price",
-                                                              "last_fee": "fee", "model_price": "reference_price"}),
-                                     venue=self.venue, prov=prov)
+        filled = [q > 0 for q in column_list(frame, "last_qty")]
+        if any(filled):
+            fills = frame if all(filled) else frame[filled]
+            self.ledger.record_fills(s, fills, venue=self.venue, prov=prov, order_pks=self._order_pks,
+                                     names=REPORT_AS_FILL)
         latest = _latest_per_order(frame)
-        self.ledger.update_orders(s, latest, venue=self.venue, prov=prov)
-        terminal = latest[latest["status"].isin(["FILLED", "CANCELED", "REJECTED", "EXPIRED"])]
-        return [{"event": f"order.{st.lower()}", "entity": "order", "entity_id": c,
-                 "payload": {"filled_quantity": q, "reason": r}}
-                for c, st, q, r in zip(terminal["client_order_id"], terminal["status"], terminal["filled_quantity"],
-                                       terminal["reason"], strict=True)]
+        self.ledger.update_orders(s, latest, venue=self.venue, prov=prov, names=REPORT_AS_ORDER)
+        out, ended = [], []
+        for c, st, q, r in zip(*(column_list(latest, c) for c in ("client_order_id", "status", "cum_qty", "reason")),
+                               strict=True):
+            if st in TERMINAL:
+                ended.append(c)
+                out.append({"event": f"order.{st.lower()}", "entity": "order", "entity_id": c,
+                            "payload": {"filled_quantity": q, "reason": r}})
+        done["ended"] = ended
+        return out
 
-    def _positions(self, s, frame, prov, extra) -> list[dict] | None:
+    def _positions(self, s, frame, prov, extra, done) -> list[dict] | None:
         snapshot = extra.get("positions")
         if snapshot is not None and len(snapshot):
             self.ledger.record_positions(s, snapshot, prov=prov)
@@ -225,6 +264,12 @@ class LedgerRecorder:
                                      until=trip.until.floor("us").to_pydatetime() if trip.until is not None else None,
                                      prov=prov)
         return None
+
+
+def _remember(cache: dict[str, int], ids: dict[str, int]) -> None:
+    if len(cache) + len(ids) > _PK_CACHE_MAX:
+        cache.clear()
+    cache.update(ids)
 
 
 class NullRecorder:

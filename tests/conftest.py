@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+# Live runs lower the priority of the ephemeral Prefect API server they started (tradpal.live
+# `favour_the_steps`); under pytest that server is the suite's own: leave it as it is.
+# (tests/tradpal/test_live.py tests the renicing itself.)
+os.environ.setdefault("TRADPAL_API_SERVER_NICE", "0")
+
 # -- ledger ----------------------------------------------------------------------------
 
 LEDGER_TEST_DATABASE_ENV = "TRADPAL_TEST_DATABASE_URL"
@@ -152,6 +157,20 @@ def make_signals(rows, symbol: str = "BTC/USDT"):
             rec.update(r[3])
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def poll(fetch, ok, timeout: float = 30.0, every: float = 0.2):
+    """``fetch()`` until ``ok`` of it holds, or its last value after ``timeout`` seconds. For
+    what a Prefect API records asynchronously: task runs reach it as events, recorded a
+    moment after their flow run's own (direct) final state."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if ok(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
 
 
 @pytest.fixture

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--ready-file", default=None, help="write the intake's port here once it listens")
     lr.add_argument("--shared-account", action="store_true",
                     help="other workers trade this account too: don't hold the book against its balances")
+    lr.add_argument("--refuse-above-approval", action="store_true",
+                    help="refuse orders above the approval threshold at once instead of holding them for a "
+                         "person (their own paused approval run in the Prefect UI)")
     lr.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
     lv.add_argument("--price", action="append", default=[], metavar="SYMBOL=PRICE",
                     help="last price for the paper broker (repeatable)")
@@ -439,7 +442,7 @@ def cmd_live_run(args) -> int:
                         cash=args.cash, quote=args.quote, database_url=args.database_url, max_batch=args.max_batch,
                         batch_interval_s=args.batch_interval,
                         duration_s=args.duration, ready_file=args.ready_file,
-                        shared_account=args.shared_account)
+                        shared_account=args.shared_account, approval_hold=not args.refuse_above_approval)
     print(json.dumps(summary, indent=2, default=str))
     return 0 if summary.get("ok") else 1
 

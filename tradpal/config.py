@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     dask_address: str | None = Field(None, description="Dask scheduler of replay sweeps (tcp://host:8786); unset: "
                                       "a local cluster")
     dask_workers: int | None = Field(None, ge=1, description="workers of the local Dask cluster (default: one per core)")
+    gil_switch_ms: float = Field(0.5, ge=0, le=100, description="live runs: how long another thread of the process "
+                                 "may hold the interpreter before the steps get it back (ms; Python's default 5; "
+                                 "0: leave Python's)")
+    api_server_nice: int = Field(10, ge=0, le=19, description="live runs: the nice value given to the ephemeral "
+                                 "Prefect API server this process started, so its recording of task runs yields "
+                                 "the CPU to the steps (0: leave it)")
 
     @field_validator("venue_rate_limit")
     @classmethod
@@ -89,10 +95,13 @@ def load_settings() -> Settings:
     from pydantic import ValidationError
 
     from tradpal.errors import ConfigError
+    from tradpal.ledger.engine import ledger_ping_idle_s, sqlite_busy_timeout_s
 
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         err = exc.errors()[0]
         key = "TRADPAL_" + str(err["loc"][0]).upper() if err.get("loc") else "TRADPAL_*"
         raise ConfigError(f"{key}: {err['msg']}") from None
+    sqlite_busy_timeout_s(), ledger_ping_idle_s()  # the ledger's own settings: an InputError naming the key
+    return settings

@@ -160,7 +160,11 @@ async def start_intake(host: str, port: int, handler: Handler = emit_handler, *,
                             log_level="warning",
                             lifespan="off", access_log=False, timeout_graceful_shutdown=2)
     config.load()
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets that say they are
+    # TCP. Without it the answer's last segment waited for the sender's delayed ACK (~40 ms) on
+    # every keep-alive request that came soon after the previous one (measured: 68 -> 36 ms p50
+    # back to back)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tasks.context import ExecutionContext
@@ -33,6 +35,8 @@ from tasks.pipeline import STEP_BY_NAME, Step, run_batch, run_step
 from tradpal.intake_server import Busy
 
 PLACEMENT = STEP_BY_NAME["placement"]
+PRE_CHECKS = STEP_BY_NAME["pre_checks"]
+log = logging.getLogger(__name__)
 DEFAULT_BATCH_INTERVAL_S = 0.1  # under load, at most ten batches a second (`SignalQueue.next_batch`)
 
 
@@ -43,6 +47,7 @@ class Pending:
     signal: dict[str, Any]
     future: asyncio.Future
     received: float = field(default_factory=time.perf_counter)
+    order: pd.DataFrame | None = None  # an approved order coming back (`SignalQueue.release`): step 3's row
 
     @property
     def signal_id(self) -> str:
@@ -122,6 +127,14 @@ class SignalQueue:
         self._last_start, self._last_size = time.perf_counter(), len(batch)
         return batch
 
+    def release(self, order: pd.DataFrame) -> None:
+        """Queue an order a person approved (one row of step 3's frame): the next batch takes
+        it back in at step 4 (the checks again: the account moved on while it waited), then
+        places it. Taken even while the stream stops; its sender has had its answer."""
+        row = order.iloc[0]
+        signal = {"signal_id": str(row["signal_id"]), "strategy": str(row["strategy"]), "symbol": str(row["symbol"])}
+        self._queue.put_nowait(Pending(signal, asyncio.get_running_loop().create_future(), order=order))
+
     def resolve(self, signal_id: str, outcome: dict[str, Any]) -> None:
         p = self._waiting.pop(signal_id, None)
         if p is not None and not p.future.done():
@@ -170,6 +183,8 @@ class StreamStats:
     failed: int = 0
     idle_passes: int = 0
     largest_batch: int = 0
+    held: int = 0  # orders held for a person's approval
+    approved: int = 0  # of those, approved (and taken back in at step 4)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -224,18 +239,171 @@ async def refuse_above_approval(queue: SignalQueue, orders: pd.DataFrame, ctx: E
     return kept
 
 
+STOPPED_WHILE_HELD = "the stream stopped while the order awaited approval"
+ASKS_WIND_DOWN_S = 10.0
+
+
+@dataclass
+class Held:
+    """One order waiting for a person: its request, and its row of step 3's frame (to take
+    back in at step 4 once approved)."""
+
+    request: Any  # risk.approval.ApprovalRequest
+    order: pd.DataFrame
+    stop: asyncio.Event = field(default_factory=asyncio.Event)  # set by `ApprovalHolds.close`
+    stop_reason: str = ""
+    flow_run_id: str | None = None  # the run that asks the person (Prefect), once it is up
+    settled: bool = False
+
+    @property
+    def client_order_id(self) -> str:
+        return self.request.client_order_id
+
+
+Ask = Callable[["ApprovalHolds", Held], Awaitable[Any]]
+
+
+class ApprovalHolds:
+    """Orders above the approval threshold, held for a person without holding the stream.
+
+    `hold` (between steps 4 and 5): each such order leaves its batch, is audited
+    (``order.approval_requested``) and its sender answered ``HELD`` at once; then
+    ``ask(holds, held)`` runs in the background: it gets a person's answer (in the flow: a
+    paused approval flow run with the form of `live-execution`) and gives it to `settle`.
+    Approved: the order goes back into the queue (`SignalQueue.release`); the next batch
+    takes it in at step 4 (checked again) and places it. Refused, timed out: rejected at
+    step ``approval`` (`risk.approval.close_request`), never placed. `close` (the stream
+    ends): every order still held is rejected as cancelled ("the stream stopped while the
+    order awaited approval") and its ask told to stop (``held.stop``). Each held order is
+    settled once: the first of its answer and `close` wins."""
+
+    def __init__(self, queue: SignalQueue, ctx: ExecutionContext, policy: Any, stats: StreamStats, ask: Ask) -> None:
+        self.queue, self.ctx, self.policy, self.stats, self.ask = queue, ctx, policy, stats, ask
+        self.held: dict[str, Held] = {}  # by client order id
+        self.closed = False
+        self._tasks: set[asyncio.Future] = set()
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+    def hold(self, checked: pd.DataFrame, approved: set[str]) -> pd.DataFrame:
+        """The orders of ``checked`` (step 4's frame) that go on to placement now: those
+        below the threshold, and those already approved (client order ids ``approved``).
+        The others are held."""
+        from risk.approval import STEP, needs_approval, open_request, request_for
+        from tasks.pipeline import provenance
+
+        waiting = needs_approval(checked, self.policy) & ~checked["client_order_id"].isin(approved).to_numpy()
+        if not waiting.any():
+            return checked
+        for i in np.flatnonzero(waiting):
+            request = request_for(checked.iloc[i].to_dict(), self.ctx, self.policy)
+            held = Held(request, checked.iloc[[i]].drop(columns="checked_at").reset_index(drop=True))
+            open_request(self.ctx, request, provenance(self.ctx), alert=False)  # alerted once its run is up
+            self.held[held.client_order_id] = held
+            self.stats.held += 1
+            notional = "unknown" if request.notional is None else f"{request.notional:,.2f}"
+            self.queue.resolve(request.signal_id, {
+                "accepted": True, "status": "HELD", "step": STEP, "client_order_id": request.client_order_id,
+                "detail": (f"held for a person's approval (notional {notional} above {request.threshold:,.2f}): "
+                           f"answer in the Prefect UI, flow run 'stream-approval [{request.signal_id}]', within "
+                           f"{request.timeout_s:g} s or it is cancelled; `tradpal audit {request.signal_id}` "
+                           f"tells the outcome")})
+            task = asyncio.ensure_future(self._ask(held))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return checked.loc[~waiting].reset_index(drop=True)
+
+    async def _ask(self, held: Held) -> None:
+        from risk.approval import Decision
+
+        try:
+            await self.ask(self, held)
+        except Exception as exc:  # the person could not be asked (the API down...): never placed
+            log.exception("approval of %s", held.client_order_id)
+            self.settle(held, Decision.cancelled(f"the approval could not be asked: {type(exc).__name__}: {exc}"))
+        else:
+            self.settle(held, Decision.cancelled("the approval ended without an answer"))  # no-op once settled
+
+    def opened(self, held: Held, flow_run_id: str | None, ui_url: str | None = None) -> None:
+        """The run that asks the person is up: audit where (``order.approval_opened``) and
+        alert people, with the link."""
+        from risk.approval import alert_request
+
+        held.flow_run_id = flow_run_id
+        prov = self._prov(held)
+        with self.ctx.recorder.ledger.transaction() as s:
+            self.ctx.recorder.ledger.audit(s, "order.approval_opened", "order", entity_id=held.client_order_id,
+                                           payload={"signal_id": held.request.signal_id, "flow_run_id": flow_run_id,
+                                                    "ui_url": ui_url}, prov=prov)
+        alert_request(self.ctx, held.request, prov, ui_url=ui_url)
+
+    def settle(self, held: Held, decision: Any) -> bool:
+        """Record ``decision`` for ``held`` (audit, alert; a rejection unless approved) and
+        act on it; False if it was settled already (the other answer came first)."""
+        from risk.approval import close_request
+
+        if held.settled:
+            return False
+        held.settled = True
+        self.held.pop(held.client_order_id, None)
+        try:
+            close_request(self.ctx, held.request, decision, self._prov(held))
+        except Exception:  # not recorded, so not placed; the order stays CREATED: reconciliation rejects it
+            log.exception("recording the approval decision of %s", held.client_order_id)
+            return True
+        if decision.approved:
+            self.stats.approved += 1
+            self.queue.release(held.order)
+        else:
+            self.stats.rejected += 1
+        return True
+
+    def close(self, reason: str = STOPPED_WHILE_HELD) -> None:
+        """The stream ends: reject every order still held, and stop asking for them."""
+        from risk.approval import Decision
+
+        self.closed = True
+        for held in list(self.held.values()):
+            held.stop_reason = reason
+            self.settle(held, Decision.cancelled(reason))
+            held.stop.set()
+
+    async def finished(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the asks to end (after `close`: their runs wind down)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    def _prov(self, held: Held):
+        from dataclasses import replace
+
+        from tasks.pipeline import provenance
+
+        prov = provenance(self.ctx)
+        return replace(prov, flow_run_id=held.flow_run_id) if held.flow_run_id else prov
+
+
 async def process_batch(queue: SignalQueue, batch: list[Pending], ctx: ExecutionContext, stats: StreamStats,
                         make_call: Callable[[str], Caller] | None = None,
-                        approval: Any = None) -> pd.DataFrame | None:
+                        approval: Any = None, holds: ApprovalHolds | None = None) -> pd.DataFrame | None:
     """The eight steps on one batch (or, with an empty batch, a monitoring pass over the
     open orders). A failure answers the batch's senders with the reason and is raised.
-    ``approval``: a `risk.approval.ApprovalPolicy`; orders above its threshold are refused."""
-    signals = [p.signal for p in batch]
-    base = make_call(batch_label(signals, ctx.default_strategy) if signals else "monitoring") if make_call else run_step
+    ``approval``: a `risk.approval.ApprovalPolicy`; orders above its threshold are held
+    (``holds``), or refused at once without ``holds``. Approved orders in the batch
+    (`SignalQueue.release`) join it at step 4."""
+    released = [p.order for p in batch if p.order is not None]
+    signals = [p.signal for p in batch if p.order is None]
+    approved = {str(o["client_order_id"].iat[0]) for o in released}
+    labelled = [p.signal for p in batch]
+    base = make_call(batch_label(labelled, ctx.default_strategy) if labelled else "monitoring") if make_call \
+        else run_step
 
     async def call(step: Step, frame: pd.DataFrame, c: ExecutionContext) -> pd.DataFrame:
+        if step is PRE_CHECKS and released:
+            frame = pd.concat([f for f in (frame, *released) if len(f)], ignore_index=True)[list(frame.columns)]
         if step is PLACEMENT and approval is not None and approval.enabled and len(frame):
-            frame = await refuse_above_approval(queue, frame, c, approval, stats)
+            frame = holds.hold(frame, approved) if holds is not None else \
+                await refuse_above_approval(queue, frame, c, approval, stats)
         out = await base(step, frame, c)
         if step is PLACEMENT:
             acknowledge(queue, out, stats)
@@ -254,7 +422,7 @@ async def process_batch(queue: SignalQueue, batch: list[Pending], ctx: Execution
         queue.resolve(p.signal_id, {"accepted": False, "status": "FAILED", "reason": "no outcome from the steps"})
     if batch:
         stats.batches += 1
-        stats.signals += len(batch)
+        stats.signals += len(signals)
         stats.largest_batch = max(stats.largest_batch, len(batch))
     else:
         stats.idle_passes += 1
@@ -269,23 +437,35 @@ def empty_signals() -> pd.DataFrame:
 
 async def run_stream(queue: SignalQueue, ctx: ExecutionContext, stop: asyncio.Event, *,
                      make_call: Callable[[str], Caller] | None = None, idle_poll_s: float = 1.0,
-                     on_batch: Callable[[pd.DataFrame], None] | None = None, approval: Any = None) -> StreamStats:
+                     on_batch: Callable[[pd.DataFrame], None] | None = None, approval: Any = None,
+                     ask: Ask | None = None) -> StreamStats:
     """Consume until ``stop`` is set and the queue is drained. Between signals, open
     orders are polled every ``idle_poll_s``. A batch that fails stops the stream (its
-    senders are answered with the reason; the ledger has the failure)."""
+    senders are answered with the reason; the ledger has the failure). ``approval``: the
+    approval policy; with ``ask`` an order above its threshold is held for a person
+    (`ApprovalHolds`), without it refused at once. Orders still held when the stream ends
+    are rejected (`ApprovalHolds.close`)."""
     stats = StreamStats()
     attach(queue, ctx, stats)
+    holds = ApprovalHolds(queue, ctx, approval, stats, ask) \
+        if ask is not None and approval is not None and approval.enabled else None
     gc.collect()
     gc.freeze()  # what start-up built (modules, Prefect, pandas, the context) lives as long as the stream:
     #              out of the collector's way, a full collection no longer walks it (~1 s pauses under load)
     first = True  # one pass at start, signal or not: a restarted stream takes over what the ledger says is working
-    while not (stop.is_set() and len(queue) == 0):
-        batch = [] if first and len(queue) == 0 else \
-            await queue.next_batch(timeout=min(idle_poll_s, 0.1) if stop.is_set() else idle_poll_s)
-        if not batch and not ctx.open_orders and not first:
-            continue
-        first = False
-        reports = await process_batch(queue, batch, ctx, stats, make_call, approval)
-        if on_batch is not None and reports is not None:
-            on_batch(reports)
+    try:
+        while not (stop.is_set() and len(queue) == 0):
+            batch = [] if first and len(queue) == 0 else \
+                await queue.next_batch(timeout=min(idle_poll_s, 0.1) if stop.is_set() else idle_poll_s)
+            if not batch and not ctx.open_orders and not first:
+                continue
+            first = False
+            reports = await process_batch(queue, batch, ctx, stats, make_call, approval, holds)
+            if on_batch is not None and reports is not None:
+                on_batch(reports)
+    finally:  # at once after the last check of the queue: an approval after this finds its order settled
+        if holds is not None:
+            holds.close()
+    if holds is not None:
+        await holds.finished(ASKS_WIND_DOWN_S)  # their approval runs end (Cancelled) before the stream's
     return stats

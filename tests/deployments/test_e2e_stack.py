@@ -114,7 +114,11 @@ async def scheduled_risk_monitor_run(api_url: str, timeout: float) -> tuple[str,
     raise AssertionError(f"no risk-monitor run final after {timeout} s")
 
 
-async def read_run_details(api_url: str, flow_run_id) -> tuple[list[str], list[str]]:
+async def read_run_details(api_url: str, flow_run_id, steps: int = 8,
+                           timeout: float = 60) -> tuple[list[str], list[str]]:
+    """The run's task run names and artifact keys, once its ``steps`` step task runs are
+    recorded. A task run reaches the API as events, which the server records after the
+    flow run's own (direct) Completed: a run just Completed may still lack its last steps."""
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -123,9 +127,14 @@ async def read_run_details(api_url: str, flow_run_id) -> tuple[list[str], list[s
         TaskRunFilterFlowRunId,
     )
 
+    deadline = time.monotonic() + timeout
     async with PrefectClient(api_url) as client:
-        tasks = await client.read_task_runs(task_run_filter=TaskRunFilter(
-            flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])))
+        while True:
+            tasks = await client.read_task_runs(task_run_filter=TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])))
+            if sum(t.name[0] in "12345678" for t in tasks) >= steps or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
         artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
     return sorted(t.name for t in tasks), sorted(a.key for a in artifacts if a.key)

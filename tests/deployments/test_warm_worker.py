@@ -15,10 +15,13 @@ import pytest
 from deployments.warm_worker import (
     WARM_ENTRYPOINTS,
     WarmProcessWorker,
+    crash_orphaned_runs,
     import_entrypoint,
     main,
+    orphaned,
     run_in_this_process,
     warm_entrypoints,
+    warm_identifier,
 )
 
 PROBE = "tests/deployments/warm_flows.py:warm_probe"
@@ -126,7 +129,8 @@ def test_warm_runs_go_through_prefects_engine_in_the_workers_own_process(prefect
     assert bad.state_name == "Failed" and "asked to fail" in bad.state.message
     pid, on_main_thread, run_id = ok_out.read_text().split()
     assert int(pid) == os.getpid() and on_main_thread == "False" and run_id == str(ok.id)
-    assert ok.infrastructure_pid == f"warm:{os.uname().nodename}:{os.getpid()}"
+    assert ok.infrastructure_pid == warm_identifier()
+    assert ok.infrastructure_pid.startswith(f"warm:{os.uname().nodename}:{os.getpid()}:")
     assert bad_out.exists()
 
 
@@ -190,3 +194,58 @@ def test_a_scheduled_run_is_taken_at_once_not_at_the_next_poll(prefect_api, tmp_
     with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: 3600}):
         name, took = asyncio.run(go())
     assert name == "Completed" and took < 30
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_warm_run_is_orphaned_when_its_workers_process_on_this_host_is_gone():
+    from tradpal.processes import process_started
+
+    host = os.uname().nodename
+    dead = _dead_pid()
+    assert orphaned(f"warm:{host}:{dead}") and orphaned(f"warm:{host}:{dead}:123")
+    assert not orphaned(warm_identifier())  # this very process
+    assert not orphaned(f"warm:{host}:1:{process_started(1)}")  # alive, the same process
+    assert orphaned(f"warm:{host}:1:{(process_started(1) or 0) + 1}")  # pid 1 now, but not the process recorded
+    assert not orphaned(f"warm:another-host:{dead}")  # another host's workers judge their own
+    for other in (None, "", f"{host}:{dead}", f"warm:{host}:x", f"warm:{host}:{dead}:1:2"):
+        assert not orphaned(other), other
+
+
+def test_runs_left_running_by_a_dead_warm_worker_are_marked_crashed(prefect_api):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.states import Running
+
+    pool = f"warm-{uuid.uuid4().hex[:6]}"
+    host = os.uname().nodename
+    infra = {"dead": f"warm:{host}:{_dead_pid()}", "mine": warm_identifier(), "elsewhere": "warm:another-host:12345",
+             "process": f"{host}:{_dead_pid()}"}
+
+    async def go():
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            dep = await _deployment(client, pool, PROBE)
+            runs = {}
+            for name, value in infra.items():
+                run = await client.create_flow_run_from_deployment(dep, parameters={"out": "x"})
+                await client.set_flow_run_state(run.id, Running(), force=True)
+                await client.update_flow_run(run.id, infrastructure_pid=value)
+                runs[name] = run.id
+            crashed = await crash_orphaned_runs(client, pool)
+            again = await crash_orphaned_runs(client, pool)  # a Crashed run is not swept twice
+            states = {name: await client.read_flow_run(rid) for name, rid in runs.items()}
+            return runs, crashed, again, states
+
+    runs, crashed, again, states = asyncio.run(go())
+    assert crashed == [runs["dead"]] and again == []
+    assert states["dead"].state_name == "Crashed" and infra["dead"] in states["dead"].state.message
+    assert "reconciled by the next live run" in states["dead"].state.message
+    assert [states[n].state_name for n in ("mine", "elsewhere", "process")] == ["Running"] * 3

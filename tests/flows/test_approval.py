@@ -19,15 +19,6 @@ from tradpal.ledger import Ledger
 PRICE = 50_000.0
 
 
-@pytest.fixture
-def approval_env(monkeypatch, receiver):
-    url, received = receiver
-    monkeypatch.setenv("TRADPAL_ALERT_URLS", url)
-    monkeypatch.setenv("TRADPAL_APPROVAL_NOTIONAL", "1000")
-    monkeypatch.setenv("TRADPAL_APPROVAL_TIMEOUT_S", "60")
-    return received
-
-
 def signals() -> list[dict]:
     now = pd.Timestamp.now(tz="UTC").isoformat()
     return [{"timestamp": now, "symbol": "BTC/USDT", "side": "buy", "quantity": 0.01, "signal_id": "small",

@@ -11,7 +11,7 @@ import signal
 import httpx
 import pandas as pd
 
-from tests.conftest import start_live_stream
+from tests.conftest import poll, start_live_stream
 from tradpal.ledger import Ledger
 
 
@@ -71,7 +71,13 @@ def test_signals_over_http_through_one_long_lived_flow_run(prefect_api, prefect_
     assert "st-big" not in str(by_key["live-stream-executions"].data)
     assert "insufficient funds" in str(by_key["live-stream-risk-checks"].data)
 
-    fr, tasks = prefect_client(states)
+    def in_(tasks) -> bool:
+        names = {t.name for t in tasks}
+        return any(n.startswith("5-placement [st-1 mom BTC/USDT]") for n in names) and \
+            any("st-2 live BTC/USDT; st-big live BTC/USDT" in n for n in names)
+
+    # task runs reach the API as events, recorded a moment after the flow run's Completed
+    fr, tasks = poll(lambda: prefect_client(states), lambda got: in_(got[1]))
     assert fr.state.is_completed()
     names = {t.name for t in tasks}
     assert any(n.startswith("5-placement [st-1 mom BTC/USDT]") for n in names), sorted(names)

@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from flows.paper_replay import paper_replay
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, poll
 from tests.reference import reference_next_open
 from tradpal.io import load_ohlcv, load_signals
 from tradpal.ledger import Ledger
 from tradpal.strategies import sma_crossover, write_signals_csv
-
-
-def poll(fetch, ok, timeout: float = 30.0, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from prefect_dask import DaskTaskRunner
 
 from flows.paper_replay import paper_replay
 from flows.replay_sweep import replay_sweep
-from tests.conftest import make_bars, make_signals
+from tests.conftest import make_bars, make_signals, poll
 from tradpal.cli import main
 from tradpal.errors import InputError
 
@@ -67,9 +67,11 @@ def test_sweep_fans_out_over_dask_and_each_case_equals_its_replay_alone(prefect_
     # the workers reported to this very API (they were handed its URL, not left to start their own)
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    runs = prefect_client(lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(
-        id=FlowRunFilterId(any_=[sweep_table[0].flow_run_id]))))
-    assert sorted(r.name for r in runs) == [f"replay [{case}]" for case in table["case"]]
+    expected = [f"replay [{case}]" for case in table["case"]]
+    runs = poll(lambda: prefect_client(lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(
+        id=FlowRunFilterId(any_=[sweep_table[0].flow_run_id])))),  # recorded from events: a moment later
+        lambda runs: sorted(r.name for r in runs) == expected and all(r.state.is_completed() for r in runs))
+    assert sorted(r.name for r in runs) == expected
     assert all(r.state.is_completed() for r in runs)
 
 

@@ -177,3 +177,102 @@ def test_a_venue_ban_is_waited_out_before_the_retry_and_a_long_one_is_final():
     long.banned_until = datetime.now(UTC) + timedelta(seconds=MAX_VENUE_WAIT_S + 60)
     asyncio.run(wait_out_venue(long))
     assert long.retryable is False and VenueBannedError("other").retryable  # only that instance
+
+
+# ---------------------------------------------------------------- result storage
+
+
+@pytest.mark.usefixtures("prefect_api", "fast_retries")
+def test_the_steps_run_with_the_saved_result_storage_block(ledger: Ledger) -> None:
+    from prefect.filesystems import LocalFileSystem
+
+    ctx = flaky_context(ledger, {}, BrokerConnectionError("unused"))
+    report = run_flow(RAW, ctx)
+    assert report["exec_type"].tolist() == ["FILL", "FILL"]
+    block = asyncio.run(prefect_tasks.result_storage())
+    assert block is not None and block._block_document_id is not None
+    saved = LocalFileSystem.load(prefect_tasks.RESULT_BLOCK)
+    assert saved._block_document_id == block._block_document_id
+    placement = STEP_TASKS["placement"]  # as the fixture patched it: its options are kept
+    with_block = asyncio.run(prefect_tasks.stored(placement))
+    assert with_block.result_storage is block and with_block is not placement
+    assert with_block.retry_delay_seconds == 0 and with_block.retries == RETRIES
+    assert asyncio.run(prefect_tasks.stored(placement)) is with_block  # made once
+
+
+@pytest.mark.usefixtures("prefect_api", "fast_retries")
+def test_a_block_that_cannot_be_saved_leaves_the_tasks_as_they_are(ledger: Ledger, monkeypatch) -> None:
+    from prefect.filesystems import LocalFileSystem
+
+    async def refused(self, *args, **kwargs):
+        raise RuntimeError("the API refused the block")
+
+    monkeypatch.setattr(LocalFileSystem, "asave", refused)
+    monkeypatch.setattr(prefect_tasks, "_STORAGE", {})
+    monkeypatch.setattr(prefect_tasks, "_STORED", {})
+    ctx = flaky_context(ledger, {}, BrokerConnectionError("unused"))
+    assert run_flow(RAW, ctx)["exec_type"].tolist() == ["FILL", "FILL"]
+    assert asyncio.run(prefect_tasks.result_storage()) is None
+    assert asyncio.run(prefect_tasks.stored(STEP_TASKS["intake"])) is STEP_TASKS["intake"]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_batch_refused_whole_at_intake_runs_the_empty_row_wise_steps_in_line(ledger: Ledger, prefect_client) -> None:
+    """Steps 2-5 get no rows: they still run (contract, ledger record, timing) but in line,
+    not as task runs; steps 6-8, which watch the open orders and the book, stay tasks."""
+    import time
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.runtime import flow_run
+
+    ctx = flaky_context(ledger, {}, BrokerConnectionError("unused"))
+    raw = raw_signals({"timestamp": t(1), "side": "hold"}, {"timestamp": t(1), "quantity": -2.0})
+    run_id: list[str] = []
+
+    @flow(name="test-refused", persist_result=False, validate_parameters=False)
+    async def batch() -> pd.DataFrame:
+        run_id.append(flow_run.id)
+        return await run_batch(raw, ctx, call=task_caller("test"))
+
+    assert asyncio.run(batch()).empty
+    rejected = ledger.frame("rejections", run_id=ctx.run_id)
+    assert sorted(rejected["signal_id"]) == ["s1", "s2"] and set(rejected["step"]) == {"intake"}
+    assert all(ctx.counts[f"{s.name}.out"] == 0 for s in STEPS[1:])  # each step ran, on no rows
+    expected = ["1-intake [test]", "6-monitoring [test]", "7-positions [test]", "8-analysis [test]"]
+    deadline = time.monotonic() + 30
+    while True:  # task runs reach the API as events, recorded a moment after the flow ends
+        names = sorted(t.name for t in prefect_client(lambda c: c.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id[0]])))))
+        if names == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert names == expected
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_long_running_flow_does_not_keep_a_link_per_task_result(ledger: Ledger) -> None:
+    """Prefect links every task result to its state in the flow run context; batch after
+    batch in one flow (the live stream) those links would grow without end, and with them
+    every full garbage collection's pause. Dead ones are dropped as each batch starts."""
+    from prefect.context import FlowRunContext
+
+    ctx = flaky_context(ledger, {}, BrokerConnectionError("unused"))
+    sizes: list[int] = []
+
+    @flow(name="test-long", persist_result=False, validate_parameters=False)
+    async def stream() -> None:
+        for i in range(40):
+            raw = raw_signals({"timestamp": t(1), "signal_id": f"long-{i}", "quantity": 0.01})
+            await run_batch(raw, ctx, call=task_caller("test"))
+            sizes.append(len(FlowRunContext.get().run_results))
+
+    asyncio.run(stream())
+    assert len(ledger.frame("orders", run_id=ctx.run_id)) == 40  # the batches did their work
+    # 8 more per batch without the pruning (320 at the end); with it, what the garbage collector
+    # has not freed yet (frames in reference cycles live until a collection)
+    assert max(sizes) <= 80 and sizes[-1] < sizes[0] * 10, sizes
+    assert not ctx.equity_segments or all(len(s) for s in ctx.equity_segments)
+
+
+def test_forget_dead_results_outside_a_flow_does_nothing() -> None:
+    assert prefect_tasks.forget_dead_results() == 0

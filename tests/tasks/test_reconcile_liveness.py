@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from tasks.reconcile import ORPHAN_AFTER_S, REMOTE_ORPHAN_AFTER_S, orphan_signals
 from tests.tasks.test_reconcile_crash import signal
 from tradpal.ledger import Ledger
-from tradpal.processes import process_alive
+from tradpal.processes import process_alive, process_started
 
 
 def dead_pid() -> int:
@@ -26,19 +26,24 @@ def dead_pid() -> int:
 def test_only_signals_of_runs_that_are_gone_are_orphans(tmp_path):
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     here = socket.gethostname()
-    runs = {"alive": {"host": here, "pid": os.getpid()}, "crashed": {"host": here, "pid": dead_pid()},
+    me = os.getpid()
+    runs = {"alive": {"host": here, "pid": me, "pid_started": process_started(me)},
+            "crashed": {"host": here, "pid": dead_pid()},
+            # its pid now belongs to another process (this one, started at another time): gone
+            "pid-reused": {"host": here, "pid": me, "pid_started": process_started(me) - 1},
             "remote": {"host": here + "-elsewhere", "pid": 1}, "legacy": {}, "me": {"host": here, "pid": os.getpid()}}
     for run, params in runs.items():
         ledger.start_run("live", params, run_id=run)
     old = ORPHAN_AFTER_S + 5
     signal(ledger, "in-flight", age_s=old, run="alive")          # another worker, still working
     signal(ledger, "killed", age_s=old, run="crashed")           # its process is gone
+    signal(ledger, "pid-reused", age_s=old, run="pid-reused")   # its pid lives, but not its process
     signal(ledger, "remote-recent", age_s=old, run="remote")     # another host, recent: left alone
     signal(ledger, "remote-old", age_s=REMOTE_ORPHAN_AFTER_S + 60, run="remote")
     signal(ledger, "no-process-recorded", age_s=old, run="legacy")
     signal(ledger, "mine", age_s=old, run="me")                  # the reconciling run's own
     before = datetime.now(UTC) - timedelta(seconds=ORPHAN_AFTER_S)
-    assert orphan_signals(ledger, "live", "me", before) == ["killed", "remote-old", "no-process-recorded"]
+    assert orphan_signals(ledger, "live", "me", before) == ["killed", "pid-reused", "remote-old", "no-process-recorded"]
 
 
 def test_a_killed_child_not_yet_reaped_is_not_alive():

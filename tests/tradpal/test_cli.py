@@ -163,3 +163,14 @@ def test_replay_with_a_bad_risk_config_exits_2_before_anything(tmp_path, capsys)
     code = main(_args(tmp_path, SAMPLE / "BITTREX_ETH-BTC_5m.csv", signals, "--risk-config", str(risk)))
     assert code == 2 and "portfolio.max_daily_loss: Field required" in capsys.readouterr().err
     assert not (tmp_path / "ledger.db").exists()
+
+
+@pytest.mark.parametrize("value", ["soon", "-1"])
+def test_a_bad_ledger_timeout_setting_exits_2_with_one_line(tmp_path, capsys, monkeypatch, value):
+    monkeypatch.setenv("TRADPAL_SQLITE_BUSY_TIMEOUT_S", value)
+    signals = tmp_path / "signals.csv"
+    signals.write_text("timestamp,symbol,side,quantity\n2018-01-10T05:00:00Z,ETH/BTC,buy,1\n")
+    assert main(_args(tmp_path, SAMPLE / "BITTREX_ETH-BTC_5m.csv", signals)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"TRADPAL_SQLITE_BUSY_TIMEOUT_S={value!r}: expected a number of seconds" in err
+    assert not (tmp_path / "ledger.db").exists() and not (tmp_path / "out").exists()

@@ -125,3 +125,26 @@ def test_a_busy_handler_answers_503_with_retry_after():
 
     resp = run(handler, lambda client: client.post("/signals", json=SIGNAL))
     assert resp.status_code == 503 and resp.headers["retry-after"] == "1" and "already waiting" in resp.json()["error"]
+
+
+def test_answers_go_out_at_once_on_a_kept_alive_connection():
+    """The accepted connections have TCP_NODELAY (asyncio sets it only on sockets that say
+    they are TCP): without it an answer's last segment waits for the sender's delayed ACK
+    whenever the next signal follows soon on the same connection."""
+    import socket
+
+    async def handler(signals):
+        return [{"signal_id": s["signal_id"], "accepted": True} for s in signals]
+
+    async def go():
+        server = await start_intake("127.0.0.1", 0, handler)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+                assert (await client.post("/signals", json=SIGNAL)).status_code == 202
+                socks = [p.transport.get_extra_info("socket") for p in server.server_state.connections]
+                return [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in socks]
+        finally:
+            await server.stop()
+
+    flags = asyncio.run(go())
+    assert flags and all(flags), flags

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 from risk.breakers import return_zscores, volatility_trip
-
 from tasks.positions import _bar_grid
 from tests.conftest import SAMPLE
 from tradpal.io import load_ohlcv

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import time as _time
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 
 __all__ = ["BEGIN_IMMEDIATE", "SQLITE_BUSY_TIMEOUT_S", "create_ledger_engine", "json_dumps"]
@@ -29,6 +31,14 @@ SQLITE_BUSY_TIMEOUT_ENV = "TRADPAL_SQLITE_BUSY_TIMEOUT_S"
 #: lock up front, so two writers queue on the busy timeout instead of failing to upgrade a
 #: read lock with SQLITE_BUSY). Used by ``Ledger.transaction()``; ignored elsewhere.
 BEGIN_IMMEDIATE = "tradpal_sqlite_begin_immediate"
+#: PostgreSQL: a pooled connection idle at least this long (seconds) is pinged before use, and
+#: replaced if the server dropped it (a restart, an idle timeout). One back sooner is used as it
+#: is: under load a connection returns within milliseconds, and a ping per checkout was a round
+#: trip per ledger write. A connection that died meanwhile fails its statement, which the
+#: ledger's writes retry (`tasks.recorder.write_with_retries`) on a fresh one. PgBouncer's
+#: ``server_check_delay`` makes the same trade (default 30 s).
+PING_IDLE_S = 1.0
+PING_IDLE_ENV = "TRADPAL_LEDGER_PING_IDLE_S"
 
 
 def _json_default(o: Any) -> Any:
@@ -76,9 +86,13 @@ def json_dumps(obj: Any) -> str:
     """JSON for payload columns: accepts datetimes, enums, numpy scalars, Decimals,
     dataclasses; NaN/inf become null."""
     try:
-        return json.dumps(obj, default=_json_default, allow_nan=False, separators=(",", ":"))
+        return _ENCODER.encode(obj)
     except ValueError:
-        return json.dumps(_sanitize(obj), default=_json_default, allow_nan=False, separators=(",", ":"))
+        return _ENCODER.encode(_sanitize(obj))
+
+
+# json.dumps with these arguments, built once (json.dumps builds an encoder per call)
+_ENCODER = json.JSONEncoder(default=_json_default, allow_nan=False, separators=(",", ":"))
 
 
 def _is_memory_sqlite(url: URL) -> bool:
@@ -86,16 +100,24 @@ def _is_memory_sqlite(url: URL) -> bool:
     return db in ("", ":memory:") or url.query.get("mode") == "memory" or db.startswith("file::memory:")
 
 
+def _seconds_from_env(name: str, default: float) -> float:
+    """Seconds >= 0 from the environment variable ``name`` (unset or empty: ``default``);
+    anything else is an `InputError` naming the variable (the CLI's one line, exit 2)."""
+    from tradpal.errors import InputError
+
+    raw = os.environ.get(name)
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise InputError(f"{name}={raw!r}: expected a number of seconds") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise InputError(f"{name}={raw!r}: expected a number of seconds >= 0")
+    return value
+
+
 def sqlite_busy_timeout_s() -> float:
     """The SQLite busy timeout: ``TRADPAL_SQLITE_BUSY_TIMEOUT_S``, default 30 s."""
-    raw = os.environ.get(SQLITE_BUSY_TIMEOUT_ENV)
-    try:
-        value = float(raw) if raw else SQLITE_BUSY_TIMEOUT_S
-    except ValueError:
-        raise ValueError(f"{SQLITE_BUSY_TIMEOUT_ENV}={raw!r}: expected a number of seconds") from None
-    if not value >= 0:
-        raise ValueError(f"{SQLITE_BUSY_TIMEOUT_ENV}={raw!r}: expected a number of seconds >= 0")
-    return value
+    return _seconds_from_env(SQLITE_BUSY_TIMEOUT_ENV, SQLITE_BUSY_TIMEOUT_S)
 
 
 def _install_sqlite_events(engine: Engine, *, file_db: bool, busy_timeout_s: float) -> None:
@@ -137,6 +159,35 @@ def _install_search_path(engine: Engine, schema: str) -> None:
             dbapi_connection.autocommit = autocommit
 
 
+def ledger_ping_idle_s() -> float:
+    """`PING_IDLE_S`, or ``TRADPAL_LEDGER_PING_IDLE_S`` (seconds >= 0; 0 pings every checkout)."""
+    return _seconds_from_env(PING_IDLE_ENV, PING_IDLE_S)
+
+
+def _install_ping_when_idle(engine: Engine, idle_s: float) -> None:
+    """Ping a pooled connection before use when it sat idle ``idle_s`` or longer (see
+    `PING_IDLE_S`); a dead one is replaced (``DisconnectionError``: the pool reconnects)."""
+    key = "tradpal_idle_since"
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info[key] = _time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(key)
+        if since is None or _time.monotonic() - since < idle_s:  # just connected, or back soon
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            if engine.dialect.is_disconnect(exc, dbapi_connection, None) or isinstance(
+                    exc, engine.dialect.loaded_dbapi.OperationalError):
+                raise DisconnectionError(f"ledger connection dropped while idle: {exc}") from exc
+            raise
+
+
 def create_ledger_engine(url: str | URL, *, schema: str | None = None, **kwargs: Any) -> Engine:
     """An Engine set up for the ledger.
 
@@ -144,7 +195,8 @@ def create_ledger_engine(url: str | URL, *, schema: str | None = None, **kwargs:
     ``foreign_keys=ON`` and a busy timeout, file databases ``journal_mode=WAL`` and
     ``synchronous=NORMAL``; in-memory databases share one connection (StaticPool).
     PostgreSQL: with ``schema``, every connection's ``search_path`` is that schema only
-    (the schema itself is created by ``Ledger`` before migrating).
+    (the schema itself is created by ``Ledger`` before migrating); a pooled connection is
+    pinged before use only after ``PING_IDLE_S`` idle (unless ``pool_pre_ping`` is given).
     """
     u = make_url(url)
     backend = u.get_backend_name()
@@ -170,9 +222,10 @@ def create_ledger_engine(url: str | URL, *, schema: str | None = None, **kwargs:
         _install_sqlite_events(engine, file_db=not memory, busy_timeout_s=busy)
         return engine
 
-    if backend == "postgresql":
-        kwargs.setdefault("pool_pre_ping", True)
+    ping_when_idle = backend == "postgresql" and "pool_pre_ping" not in kwargs
     engine = create_engine(u, **kwargs)
+    if ping_when_idle:
+        _install_ping_when_idle(engine, ledger_ping_idle_s())
     if schema is not None:
         _install_search_path(engine, schema)
     return engine

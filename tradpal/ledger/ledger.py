@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -13,11 +14,12 @@ from typing import Any, Self
 import pandas as pd
 from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tradpal.ledger import frames as fr
 from tradpal.ledger import migrate as _migrate
-from tradpal.ledger.engine import BEGIN_IMMEDIATE, create_ledger_engine
+from tradpal.ledger.engine import BEGIN_IMMEDIATE, create_ledger_engine, json_dumps
 from tradpal.ledger.models import AuditLog, Base, Breaker, Fill, Order, Position, Rejection, Run, Signal
 
 __all__ = ["DEFAULT_URL", "RUN_KINDS", "RUN_STATUSES", "TABLES", "Ledger", "Provenance"]
@@ -127,8 +129,127 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _conn(session: Session | Connection) -> Connection:
+def _conn(session: Session | Connection | SqliteWrite) -> Connection:
     return session if isinstance(session, Connection) else session.connection()
+
+
+# -- SQLite at the driver level ---------------------------------------------------------
+# Bulk writes on SQLite skip SQLAlchemy's per-row compile and bind processing: the values
+# are converted once per column (`frames.convert_sqlite`: exactly what the column types
+# would bind) and handed to the sqlite3 driver as tuples, in the caller's transaction.
+
+# values per multi-row INSERT ... RETURNING (SQLite's limit: 32766): a replay batch of
+# orders (500 x 24) is one statement
+_SQLITE_MAX_PARAMS = 32_000
+
+
+def _execute(db: sqlite3.Connection, sql: str, params: Any = (), many: bool = False) -> sqlite3.Cursor:
+    """One driver-level statement (``many``: one executemany); sqlite3 errors are raised
+    as SQLAlchemy's (``OperationalError``: locked, busy; ``IntegrityError``: a key), as a
+    statement through SQLAlchemy would raise them."""
+    try:
+        return db.executemany(sql, params) if many else db.execute(sql, params)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
+
+
+class SqliteWrite:
+    """A SQLite transaction of `Ledger.write`, at the driver level: ``db`` is the pooled
+    sqlite3 connection, in a transaction begun IMMEDIATE. ``connection()`` gives a
+    SQLAlchemy Connection on the same DBAPI connection and transaction, for the few Core
+    statements (breakers, runs); it never begins or ends the transaction itself."""
+
+    __slots__ = ("_conn", "_engine", "_raw", "db")
+
+    def __init__(self, engine: Engine, raw: Any) -> None:
+        self._engine, self._raw, self._conn = engine, raw, None
+        self.db: sqlite3.Connection = raw.driver_connection
+
+    def connection(self) -> Connection:
+        if self._conn is None:
+            # _allow_autobegin=False: the transaction is this object's (BEGIN IMMEDIATE issued)
+            self._conn = Connection(self._engine, connection=self._raw, _allow_autobegin=False)
+        return self._conn
+
+
+def _driver(session: Session | Connection | SqliteWrite) -> sqlite3.Connection | None:
+    """The sqlite3 connection under ``session`` (its transaction begun), or None elsewhere."""
+    if type(session) is SqliteWrite:
+        return session.db
+    conn = _conn(session)
+    if conn.dialect.name != "sqlite":
+        return None
+    db = conn.connection.driver_connection
+    if not db.in_transaction and not conn.in_transaction():
+        conn.begin()  # as Core's autobegin would
+    return db
+
+
+_SQL: dict[tuple, str] = {}
+_ANY_TRIPPED = "SELECT 1 FROM \"breakers\" WHERE \"state\" = 'tripped' LIMIT 1"
+
+
+def _q(names: Iterable[str]) -> str:
+    return ", ".join(f'"{n}"' for n in names)
+
+
+def _insert_sql(table: str, names: tuple[str, ...], rows: int = 1, tail: str = "") -> str:
+    key = ("insert", table, names, rows, tail)
+    sql = _SQL.get(key)
+    if sql is None:
+        one = "(" + ", ".join("?" * len(names)) + ")"
+        sql = f'INSERT INTO "{table}" ({_q(names)}) VALUES {", ".join([one] * rows)}{tail}'
+        if rows <= 4:  # the live path's sizes, built once; large statements are not kept
+            _SQL[key] = sql
+    return sql
+
+
+def _lists(columns: dict[str, list[Any]], constants: Mapping[str, Any], n: int) -> tuple[tuple[str, ...], list]:
+    names = (*columns, *constants)
+    return names, [*columns.values(), *([v] * n for v in constants.values())]
+
+
+def _sqlite_insert(db: sqlite3.Connection, table: str, columns: dict[str, list[Any]],
+                   constants: Mapping[str, Any], n: int, tail: str = "") -> int:
+    """One executemany of the rows; returns the number of rows changed."""
+    names, lists = _lists(columns, constants, n)
+    return _execute(db, _insert_sql(table, names, 1, tail), zip(*lists, strict=True), many=True).rowcount
+
+
+def _sqlite_insert_returning(db: sqlite3.Connection, table: str, columns: dict[str, list[Any]],
+                             constants: Mapping[str, Any], n: int, key: str, tail: str = "") -> dict[Any, int]:
+    """Multi-row ``INSERT ... RETURNING key, id`` (sqlite3's executemany drops RETURNING
+    rows): {key: id} of the rows inserted."""
+    names, lists = _lists(columns, constants, n)
+    width = len(names)
+    step = max(1, _SQLITE_MAX_PARAMS // width)
+    tail = f'{tail} RETURNING "{key}", "id"'
+    out: dict[Any, int] = {}
+    for start in range(0, n, step):
+        rows = min(step, n - start)
+        flat: list[Any] = [None] * (rows * width)
+        for j, col in enumerate(lists):
+            flat[j::width] = col[start:start + rows]
+        out.update(_execute(db, _insert_sql(table, names, rows, tail), flat).fetchall())
+    return out
+
+
+def _sqlite_lookup(db: sqlite3.Connection, table: str, key: str, keys: Iterable[Any],
+                   scope: tuple[str, Any]) -> dict[Any, int]:
+    """{key: id} for the rows of ``table`` with ``scope`` (column, value) whose ``key`` is in ``keys``."""
+    wanted = _unique(keys)
+    out: dict[Any, int] = {}
+    for start in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[start:start + _IN_CHUNK]
+        sql = (f'SELECT "{key}", "id" FROM "{table}" WHERE "{scope[0]}" = ? AND "{key}" IN '
+               f'({", ".join("?" * len(chunk))})')
+        out.update(_execute(db, sql, [scope[1], *chunk]).fetchall())
+    return out
+
+
+def _stored(db: sqlite3.Connection | None, value: Any, kind: str) -> Any:
+    """A default value as the writer binds it: SQLite's stored form on the driver path."""
+    return value if db is None else fr.sqlite_value(value, kind)
 
 
 def _chunks(keys: Sequence[Any]) -> Iterator[list[Any]]:
@@ -150,6 +271,17 @@ def _fmt(keys: list[Any], total: int) -> str:
     shown = ", ".join(repr(k) for k in keys)
     return f"{shown} (+{total - len(keys)} more)" if total > len(keys) else shown
 
+
+
+def _audit_fields(i: int, r: Mapping[str, Any]) -> tuple[Any, str, str, str | None, Any]:
+    """An audit row's (time, event, entity, entity_id, payload), checked: ``event`` and
+    ``entity`` are required; ``entity_id`` becomes text."""
+    event, entity = r.get("event"), r.get("entity")
+    if not event or not entity:
+        raise ValueError(f"audit_many: row {i} needs 'event' and 'entity', got {dict(r)!r}")
+    entity_id = r.get("entity_id")
+    return (r.get("time"), str(event), str(entity),
+            entity_id if entity_id is None or type(entity_id) is str else fr.scalar_str(entity_id), r.get("payload"))
 
 class Ledger:
     """Persistence for runs, signals, orders, fills, positions, rejections and the audit log.
@@ -235,6 +367,31 @@ class Ledger:
         with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
             yield session
 
+    @contextmanager
+    def write(self) -> Iterator[SqliteWrite | Connection]:
+        """One transaction for the writers, like :meth:`transaction` (committed when the
+        block ends, rolled back if it raises; on SQLite begun IMMEDIATE), without the ORM
+        Session: on SQLite BEGIN IMMEDIATE / COMMIT on a pooled sqlite3 connection (a
+        `SqliteWrite`), elsewhere a Core Connection in ``engine.begin()``. A pipeline
+        step's rows go through here, one transaction per step call."""
+        if self._dialect != "sqlite":
+            with self._write_engine.begin() as conn:
+                yield conn
+            return
+        raw = self._engine.raw_connection()
+        try:
+            tx = SqliteWrite(self._engine, raw)
+            _execute(tx.db, "BEGIN IMMEDIATE")
+            try:
+                yield tx
+            except BaseException:
+                if tx.db.in_transaction:
+                    tx.db.rollback()
+                raise
+            _execute(tx.db, "COMMIT")
+        finally:
+            raw.close()  # back to the pool (which rolls back whatever a failed COMMIT left)
+
     # -- runs ---------------------------------------------------------------------------
 
     def start_run(
@@ -301,25 +458,31 @@ class Ledger:
         if n == 0:
             return {}
         op = "record_signals"
+        db = _driver(session)
         cols = fr.columns_from_frame(
             frame,
             _signals,
             SIGNAL_COLUMNS,
             op=op,
             required=("signal_id", "timestamp", "symbol", "side", "order_type"),
+            sqlite=db is not None,
         )
-        cols["received_at"] = _fill_default(cols.get("received_at"), n, _now())
+        cols["received_at"] = _fill_default(cols.get("received_at"), n, _stored(db, _now(), "datetime"))
         self._check_not_null(
             op, cols, ("signal_id", "timestamp", "symbol", "side", "order_type"), "signal_id"
         )
-        rows = fr.rows_from_columns(cols, n, {"namespace": namespace, **prov.columns()})
+        constants = {"namespace": namespace, **prov.columns()}
+        if db is not None:
+            tail = ' ON CONFLICT ("namespace", "signal_id") DO NOTHING' if skip_existing else ""
+            return _sqlite_insert_returning(db, "signals", cols, constants, n, "signal_id", tail)
+        rows = fr.rows_from_columns(cols, n, constants)
         if skip_existing:
             stmt = (self._dialect_insert(_signals)
                     .on_conflict_do_nothing(index_elements=[_signals.c.namespace, _signals.c.signal_id])
                     .returning(_signals.c.signal_id, _signals.c.id))
             return {k: pk for k, pk in _conn(session).execute(stmt, rows)}
         return self._insert_returning(
-            _conn(session), _signals, rows, "signal_id", _signals.c.namespace == namespace
+            _conn(session), _signals, rows, "signal_id", ("namespace", namespace)
         )
 
     def record_orders(
@@ -330,9 +493,12 @@ class Ledger:
         namespace: str,
         venue: str,
         prov: Provenance,
+        signal_pks: Mapping[str, int] | None = None,
     ) -> dict[str, int]:
         """Insert orders for signals of ``namespace``; returns {client_order_id: pk}.
-        Raises ValueError (writing nothing) if a signal is not recorded."""
+        Raises ValueError (writing nothing) if a signal is not recorded. ``signal_pks``:
+        {signal_id: pk} already known (committed) for signals of ``namespace``; the others
+        are looked up."""
         n = len(frame)
         if n == 0:
             return {}
@@ -340,8 +506,9 @@ class Ledger:
         required = ("signal_id", "client_order_id", "symbol", "side", "order_type", "quantity", "created_at")
         if "signal_id" not in frame.columns:
             raise ValueError(f"{op}: frame is missing required column(s) ['signal_id']")
-        signal_ids = fr.convert(frame["signal_id"], "str", "signal_id")
-        cols = fr.columns_from_frame(frame, _orders, ORDER_COLUMNS, op=op, required=required)
+        db = _driver(session)
+        signal_ids = fr.column_values(frame, "signal_id", "str", op=op)
+        cols = fr.columns_from_frame(frame, _orders, ORDER_COLUMNS, op=op, required=required, sqlite=db is not None)
         self._check_not_null(op, {"signal_id": signal_ids, **cols}, required, "client_order_id")
         cols["time_in_force"] = _fill_default(cols.get("time_in_force"), n, "GTC")
         cols["status"] = _fill_default(cols.get("status"), n, "CREATED")
@@ -350,8 +517,10 @@ class Ledger:
         if "updated_at" not in cols:
             cols["updated_at"] = cols["created_at"]
 
-        conn = _conn(session)
-        pks = self._lookup(conn, _signals, "signal_id", signal_ids, _signals.c.namespace == namespace)
+        pks = dict(signal_pks) if signal_pks else {}
+        unknown = [sid for sid in signal_ids if sid not in pks]
+        if unknown:
+            pks.update(self._lookup(session, _signals, "signal_id", unknown, ("namespace", namespace)))
         missing = [
             (sid, coid)
             for sid, coid in zip(signal_ids, cols["client_order_id"], strict=True)
@@ -364,27 +533,56 @@ class Ledger:
                 f"{op}: no such signal in namespace {namespace!r}: {shown}{more}; record the signal first"
             )
         cols["signal_pk"] = [pks[sid] for sid in signal_ids]
-        rows = fr.rows_from_columns(cols, n, {"venue": venue, **prov.columns()})
-        return self._insert_returning(conn, _orders, rows, "client_order_id", _orders.c.venue == venue)
+        constants = {"venue": venue, **prov.columns()}
+        if db is not None:
+            return _sqlite_insert_returning(db, "orders", cols, constants, n, "client_order_id")
+        rows = fr.rows_from_columns(cols, n, constants)
+        return self._insert_returning(_conn(session), _orders, rows, "client_order_id", ("venue", venue))
 
     def update_orders(
-        self, session: Session | Connection, frame: pd.DataFrame, *, venue: str, prov: Provenance
+        self, session: Session | Connection, frame: pd.DataFrame, *, venue: str, prov: Provenance,
+        names: Mapping[str, str] | None = None,
     ) -> None:
         """Update the columns present in ``frame`` (of ORDER_UPDATE_COLUMNS) for the orders
         (venue, client_order_id), in one executemany. Other columns are left untouched,
         except flow_run_id / task_run_id which record the last writer when ``prov`` has
-        them. Raises ValueError if an order does not exist."""
+        them. Raises ValueError if an order does not exist. ``names``: {ledger column:
+        frame column}, the only columns updated then (the frame's others are ignored)."""
         op = "update_orders"
         if "client_order_id" not in frame.columns:
             raise ValueError(f"{op}: frame is missing required column(s) ['client_order_id']")
         n = len(frame)
-        present = [c for c in ORDER_UPDATE_COLUMNS if c in frame.columns]
+        source = dict(names) if names is not None else {c: c for c in ORDER_UPDATE_COLUMNS}
+        unknown = [c for c in source if c not in ORDER_UPDATE_COLUMNS]
+        if unknown:
+            raise ValueError(f"{op}: not order columns that can be updated: {unknown}")
+        present = [c for c in ORDER_UPDATE_COLUMNS if c in source and source[c] in frame.columns]
         if n == 0 or not present:
             return
-        coids = fr.convert(frame["client_order_id"], "str", "client_order_id")
-        cols = fr.columns_from_frame(frame, _orders, present, op=op)
+        db = _driver(session)
+        coids = fr.column_values(frame, "client_order_id", "str", op=op)
+        cols = {c: fr.column_values(frame, source[c], fr.kind_of(_orders, c), op=op, sqlite=db is not None,
+                                    key=c) for c in present}
         not_null = ["client_order_id", *(c for c in present if not _orders.c[c].nullable)]
         self._check_not_null(op, {"client_order_id": coids, **cols}, not_null, "client_order_id")
+        if db is not None:
+            last = {k: v for k, v in (("flow_run_id", prov.flow_run_id), ("task_run_id", prov.task_run_id))
+                    if v is not None}
+            sets = [*present, *last]
+            key = ("update", tuple(sets))
+            sql = _SQL.get(key)
+            if sql is None:
+                sql = _SQL[key] = (f'UPDATE "orders" SET {", ".join(f"{_q([c])} = ?" for c in sets)} '
+                                   f'WHERE "venue" = ? AND "client_order_id" = ?')
+            params = zip(*(cols[c] for c in present), *([v] * n for v in last.values()), [venue] * n, coids,
+                         strict=True)
+            if _execute(db, sql, params, many=True).rowcount == n:
+                return
+            found = _sqlite_lookup(db, "orders", "client_order_id", coids, ("venue", venue))
+            missing = [c for c in _unique(coids) if c not in found]
+            if missing:
+                raise ValueError(f"{op}: no order(s) {_fmt(missing[:5], len(missing))} at venue {venue!r}")
+            return
 
         values: dict[str, Any] = {c: bindparam(f"v_{c}", type_=_orders.c[c].type) for c in present}
         if prov.flow_run_id is not None:
@@ -403,17 +601,21 @@ class Ledger:
         res = conn.execute(stmt, params)
         if conn.dialect.supports_sane_multi_rowcount and res.rowcount == n:
             return
-        found = self._lookup(conn, _orders, "client_order_id", coids, _orders.c.venue == venue)
+        found = self._lookup(conn, _orders, "client_order_id", coids, ("venue", venue))
         missing = [c for c in _unique(coids) if c not in found]
         if missing:
             raise ValueError(f"{op}: no order(s) {_fmt(missing[:5], len(missing))} at venue {venue!r}")
 
     def record_fills(
-        self, session: Session | Connection, frame: pd.DataFrame, *, venue: str, prov: Provenance
+        self, session: Session | Connection, frame: pd.DataFrame, *, venue: str, prov: Provenance,
+        order_pks: Mapping[str, int] | None = None, names: Mapping[str, str] | None = None,
     ) -> int:
         """Insert fills of orders at ``venue``; a trade_id already recorded for the venue
         (or repeated in the frame) is skipped. Returns the number of rows inserted. Raises
-        ValueError (writing nothing) if an order is not recorded."""
+        ValueError (writing nothing) if an order is not recorded. ``order_pks``:
+        {client_order_id: pk} already known (committed) for orders at ``venue``; the others
+        are looked up. ``names``: {fill column: frame column} for the columns the frame
+        names otherwise (read from there only)."""
         n = len(frame)
         if n == 0:
             return 0
@@ -421,21 +623,32 @@ class Ledger:
         required = ("client_order_id", "trade_id", "timestamp", "symbol", "side", "quantity", "price")
         if "client_order_id" not in frame.columns:
             raise ValueError(f"{op}: frame is missing required column(s) ['client_order_id']")
-        coids = fr.convert(frame["client_order_id"], "str", "client_order_id")
-        cols = fr.columns_from_frame(frame, _fills, FILL_COLUMNS, op=op, required=required)
+        db = _driver(session)
+        coids = fr.column_values(frame, "client_order_id", "str", op=op)
+        cols = fr.columns_from_frame(frame, _fills, FILL_COLUMNS, op=op, required=required, sqlite=db is not None,
+                                     source=names)
         self._check_not_null(op, {"client_order_id": coids, **cols}, required, "trade_id")
         cols["fee"] = _fill_default(cols.get("fee"), n, 0.0)
 
-        conn = _conn(session)
-        pks = self._lookup(conn, _orders, "client_order_id", coids, _orders.c.venue == venue)
+        pks = dict(order_pks) if order_pks else {}
+        unknown = [c for c in coids if c not in pks]
+        if unknown:
+            pks.update(self._lookup(session, _orders, "client_order_id", unknown, ("venue", venue)))
         missing = _unique(c for c in coids if c not in pks)
         if missing:
             raise ValueError(
                 f"{op}: no order(s) {_fmt(missing[:5], len(missing))} at venue {venue!r}; record the order first"
             )
         cols["order_pk"] = [pks[c] for c in coids]
-        rows = fr.rows_from_columns(cols, n, {"venue": venue, **prov.columns()})
-        existing = self._lookup(conn, _fills, "trade_id", cols["trade_id"], _fills.c.venue == venue)
+        constants = {"venue": venue, **prov.columns()}
+        if db is not None:
+            # a trade already recorded (by anyone, at any time) or repeated in the frame: the
+            # unique key decides, the first one stays; the count is what was inserted
+            tail = ' ON CONFLICT ("venue", "trade_id") DO NOTHING'
+            return _sqlite_insert(db, "fills", cols, constants, n, tail)
+        conn = _conn(session)
+        rows = fr.rows_from_columns(cols, n, constants)
+        existing = self._lookup(conn, _fills, "trade_id", cols["trade_id"], ("venue", venue))
         seen: set[str] = set(existing)
         new_rows = []
         for row in rows:
@@ -461,8 +674,13 @@ class Ledger:
             return
         op = "record_positions"
         required = ("symbol", "quantity", "as_of")
-        cols = fr.columns_from_frame(frame, _positions, POSITION_COLUMNS, op=op, required=required)
+        db = _driver(session)
+        cols = fr.columns_from_frame(frame, _positions, POSITION_COLUMNS, op=op, required=required,
+                                     sqlite=db is not None)
         self._check_not_null(op, cols, required, "symbol")
+        if db is not None:
+            _sqlite_insert(db, "positions", cols, prov.columns(), n)
+            return
         _conn(session).execute(insert(_positions), fr.rows_from_columns(cols, n, prov.columns()))
 
     def record_rejections(
@@ -475,12 +693,17 @@ class Ledger:
             return 0
         op = "record_rejections"
         required = ("step", "reason")
-        cols = fr.columns_from_frame(frame, _rejections, REJECTION_COLUMNS, op=op, required=required)
+        db = _driver(session)
+        cols = fr.columns_from_frame(frame, _rejections, REJECTION_COLUMNS, op=op, required=required,
+                                     sqlite=db is not None)
         key = "signal_id" if "signal_id" in cols else "step"
         self._check_not_null(op, cols, required, key)
-        cols["created_at"] = _fill_default(cols.get("created_at"), n, _now())
-        rows = fr.rows_from_columns(cols, n, {"namespace": namespace, **prov.columns()})
-        _conn(session).execute(insert(_rejections), rows)
+        cols["created_at"] = _fill_default(cols.get("created_at"), n, _stored(db, _now(), "datetime"))
+        constants = {"namespace": namespace, **prov.columns()}
+        if db is not None:
+            _sqlite_insert(db, "rejections", cols, constants, n)
+            return n
+        _conn(session).execute(insert(_rejections), fr.rows_from_columns(cols, n, constants))
         return n
 
     def audit(
@@ -506,27 +729,32 @@ class Ledger:
         ``payload`` and ``time`` (default now, UTC)."""
         now = _now()
         p = prov.columns()
+        db = _driver(session)
+        if db is not None:
+            self._sqlite_audit(db, rows, now, p)
+            return
         out = []
         for i, r in enumerate(rows):
-            event, entity = r.get("event"), r.get("entity")
-            if not event or not entity:
-                raise ValueError(f"audit_many: row {i} needs 'event' and 'entity', got {dict(r)!r}")
-            entity_id = r.get("entity_id")
-            t = r.get("time")
-            out.append(
-                {
-                    "time": now if t is None else t,
-                    "event": str(event),
-                    "entity": str(entity),
-                    "entity_id": entity_id
-                    if entity_id is None or type(entity_id) is str
-                    else fr.scalar_str(entity_id),
-                    "payload": r.get("payload"),
-                    **p,
-                }
-            )
+            t, event, entity, entity_id, payload = _audit_fields(i, r)
+            out.append({"time": now if t is None else t, "event": event, "entity": entity, "entity_id": entity_id,
+                        "payload": payload, **p})
         if out:
             _conn(session).execute(insert(_audit), out)
+
+    @staticmethod
+    def _sqlite_audit(db: sqlite3.Connection, rows: Iterable[Mapping[str, Any]], now: datetime,
+                      p: dict[str, str | None]) -> None:
+        stamp = fr.sqlite_datetime(now)
+        dumps = json_dumps
+        out = []
+        for i, r in enumerate(rows):
+            t, event, entity, entity_id, payload = _audit_fields(i, r)
+            out.append((stamp if t is None else fr.sqlite_datetime(t), event, entity, entity_id,
+                        None if payload is None else dumps(payload)))
+        if out:
+            names = ("time", "event", "entity", "entity_id", "payload", *p)
+            tail = tuple(p.values())
+            _execute(db, _insert_sql("audit_log", names), [row + tail for row in out], many=True)
 
     # -- readers ------------------------------------------------------------------------
 
@@ -591,6 +819,13 @@ class Ledger:
     def active_breakers(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """Tripped breakers whose cooldown has not ended at ``now`` (default: now)."""
         now = now or _now()
+        if self._dialect == "sqlite":  # checked per signal: the usual answer (none) at the driver level
+            raw = self._engine.raw_connection()
+            try:
+                if _execute(raw.driver_connection, _ANY_TRIPPED).fetchone() is None:
+                    return []
+            finally:
+                raw.close()
         with self.engine.connect() as conn:
             rows = self._dicts(conn, select(_breakers).where(_breakers.c.state == "tripped").order_by(_breakers.c.id))
         return [r for r in rows if r["until"] is None or r["until"] > now]
@@ -598,7 +833,7 @@ class Ledger:
     def existing_signal_ids(self, namespace: str, signal_ids: Iterable[str]) -> set[str]:
         """The ids among ``signal_ids`` already recorded in ``namespace`` (re-deliveries)."""
         with self.engine.connect() as conn:
-            return set(self._lookup(conn, _signals, "signal_id", signal_ids, _signals.c.namespace == namespace))
+            return set(self._lookup(conn, _signals, "signal_id", signal_ids, ("namespace", namespace)))
 
     def find_order(self, venue: str, client_order_id: str) -> dict[str, Any] | None:
         return self._one(
@@ -683,28 +918,28 @@ class Ledger:
                 )
 
     @staticmethod
-    def _lookup(conn: Connection, table: Table, key: str, keys: Iterable[Any], scope: Any) -> dict[Any, int]:
-        """{key: id} for the rows of ``table`` within ``scope`` whose ``key`` is in ``keys``
-        (one SELECT ... IN per 10,000 keys)."""
+    def _lookup(session: Session | Connection | SqliteWrite, table: Table, key: str, keys: Iterable[Any],
+                scope: tuple[str, Any]) -> dict[Any, int]:
+        """{key: id} for the rows of ``table`` with ``scope`` (column, value) whose ``key``
+        is in ``keys`` (one SELECT ... IN per 10,000 keys)."""
+        db = _driver(session)
+        if db is not None:
+            return _sqlite_lookup(db, table.name, key, keys, scope)
+        conn = _conn(session)
         wanted = _unique(keys)
         out: dict[Any, int] = {}
         col = table.c[key]
         for chunk in _chunks(wanted):
-            out.update(
-                (k, pk) for k, pk in conn.execute(select(col, table.c.id).where(scope, col.in_(chunk)))
-            )
+            out.update((k, pk) for k, pk in conn.execute(
+                select(col, table.c.id).where(table.c[scope[0]] == scope[1], col.in_(chunk))))
         return out
 
     def _insert_returning(
         self, conn: Connection, table: Table, rows: list[dict[str, Any]], key: str, scope: Any
     ) -> dict[str, int]:
-        """Insert ``rows`` (one executemany) and return {key: id}.
-
-        SQLite: INSERT ... RETURNING (batched by SQLAlchemy's insertmanyvalues). Elsewhere a
-        plain executemany then one SELECT of the id map: with psycopg that is ~5x faster
-        than RETURNING, whose multi-row VALUES statements psycopg parses in Python."""
-        if conn.dialect.name == "sqlite" and conn.dialect.insert_executemany_returning:
-            result = conn.execute(insert(table).returning(table.c[key], table.c.id), rows)
-            return {k: pk for k, pk in result}
+        """Insert ``rows`` (one executemany) and return {key: id}, off SQLite (which uses
+        `_sqlite_insert_returning`): a plain executemany then one SELECT of the id map; with
+        psycopg that is ~5x faster than RETURNING, whose multi-row VALUES statements psycopg
+        parses in Python."""
         conn.execute(insert(table), rows)
         return self._lookup(conn, table, key, (r[key] for r in rows), scope)
