@@ -4,6 +4,8 @@ errors only; what still fails is recorded as rejections before the error stops t
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 from collections.abc import Iterator
 
 import pandas as pd
@@ -25,6 +27,7 @@ from tasks.pipeline import STEPS, run_batch
 from tasks.prefect_tasks import RETRIES, STEP_TASKS, retry_only_retryable, task_caller
 from tests.tasks.conftest import FLAT_100, SYM, bars, flaky, ledger_context, raw_signals, t
 from tradpal.ledger import Ledger
+from tradpal.streaming import empty_signals
 
 
 @pytest.mark.parametrize(
@@ -161,7 +164,6 @@ def test_a_non_retryable_broker_error_fails_at_once_and_says_so(ledger: Ledger) 
 
 def test_a_venue_ban_is_waited_out_before_the_retry_and_a_long_one_is_final():
     import asyncio
-    import time
     from datetime import UTC, datetime, timedelta
 
     from brokers.ccxt.errors import VenueBannedError
@@ -220,7 +222,6 @@ def test_a_block_that_cannot_be_saved_leaves_the_tasks_as_they_are(ledger: Ledge
 def test_a_batch_refused_whole_at_intake_runs_the_empty_row_wise_steps_in_line(ledger: Ledger, prefect_client) -> None:
     """Steps 2-5 get no rows: they still run (contract, ledger record, timing) but in line,
     not as task runs; steps 6-8, which watch the open orders and the book, stay tasks."""
-    import time
 
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.runtime import flow_run
@@ -264,13 +265,22 @@ def test_a_long_running_flow_does_not_keep_a_link_per_task_result(ledger: Ledger
         for i in range(40):
             raw = raw_signals({"timestamp": t(1), "signal_id": f"long-{i}", "quantity": 0.01})
             await run_batch(raw, ctx, call=task_caller("test"))
+        # 8 more links per batch without the pruning (320 now). With it, what is left is what
+        # still lives: results in reference cycles until a collection, and the inputs Prefect's
+        # events worker holds until it has sent their events (it lags on a busy machine), so
+        # wait for those to go rather than bet on the collector's timing
+        deadline = time.monotonic() + 30
+        while True:
+            await asyncio.sleep(0.1)
+            gc.collect()
+            await run_batch(empty_signals(), ctx, call=task_caller("test"))  # an idle pass prunes
             sizes.append(len(FlowRunContext.get().run_results))
+            if sizes[-1] <= 16 or time.monotonic() > deadline:
+                break
 
     asyncio.run(stream())
     assert len(ledger.frame("orders", run_id=ctx.run_id)) == 40  # the batches did their work
-    # 8 more per batch without the pruning (320 at the end); with it, what the garbage collector
-    # has not freed yet (frames in reference cycles live until a collection)
-    assert max(sizes) <= 80 and sizes[-1] < sizes[0] * 10, sizes
+    assert sizes[-1] <= 16, sizes
     assert not ctx.equity_segments or all(len(s) for s in ctx.equity_segments)
 
 
