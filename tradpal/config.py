@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     api_server_nice: int = Field(10, ge=0, le=19, description="live runs: the nice value given to the ephemeral "
                                  "Prefect API server this process started, so its recording of task runs yields "
                                  "the CPU to the steps (0: leave it)")
+    events_burst: int = Field(256, ge=1, le=100_000, description="live runs: how many queued Prefect events the "
+                              "client's events worker takes per wake-up (tradpal.prefect_events; 1: Prefect's own "
+                              "loop, one per wake-up)")
 
     @field_validator("venue_rate_limit")
     @classmethod

@@ -94,10 +94,16 @@ def favour_the_steps(settings: Settings, api_marker: str = EPHEMERAL_API_MARK) -
       Python's 5 ms they keep it that long;
     * the ephemeral Prefect API server this process started (a child process) runs at nice
       ``api_server_nice``: on a busy machine the task runs' bookkeeping waits, not the
-      orders; its events queue meanwhile and are recorded when the CPU frees.
+      orders; its events queue meanwhile and are recorded when the CPU frees;
+    * the client's events worker takes the task runs' queued events ``events_burst`` at a
+      time (`tradpal.prefect_events`): one wake-up of its threads per burst, not per event.
 
     Returns what it did (for the run's record)."""
+    from tradpal.prefect_events import drain_in_bulk
+
     done: dict[str, Any] = {}
+    if drain_in_bulk(settings.events_burst):
+        done["events_burst"] = settings.events_burst
     if settings.gil_switch_ms > 0:
         sys.setswitchinterval(settings.gil_switch_ms / 1e3)
         done["gil_switch_ms"] = settings.gil_switch_ms

@@ -44,13 +44,19 @@ def test_the_api_server_child_is_reniced_and_the_switch_interval_shortened(child
     api = children("-m", "uvicorn", "--factory", mark)
     other = children("something-else")
     before = os.getpriority(os.PRIO_PROCESS, other.pid)
-    done = favour_the_steps(Settings(gil_switch_ms=0.5, api_server_nice=10), api_marker=mark)
-    assert done == {"gil_switch_ms": 0.5, "api_server_nice": {"pids": [api.pid], "nice": 10}}
+    done = favour_the_steps(Settings(gil_switch_ms=0.5, api_server_nice=10, events_burst=64), api_marker=mark)
+    assert done == {"events_burst": 64, "gil_switch_ms": 0.5, "api_server_nice": {"pids": [api.pid], "nice": 10}}
+    from prefect.events.worker import EventsWorker
+
+    from tradpal.prefect_events import _bulk_main_loop
+
+    assert EventsWorker._main_loop is _bulk_main_loop
     assert os.getpriority(os.PRIO_PROCESS, api.pid) == 10
     assert os.getpriority(os.PRIO_PROCESS, other.pid) == before
     assert sys.getswitchinterval() == pytest.approx(0.0005)
     # a second session finds it already there: nothing more to do, nothing lowered back
-    assert favour_the_steps(Settings(gil_switch_ms=0.5, api_server_nice=5), api_marker=mark) == {"gil_switch_ms": 0.5}
+    assert favour_the_steps(Settings(gil_switch_ms=0.5, api_server_nice=5, events_burst=1),
+                            api_marker=mark) == {"gil_switch_ms": 0.5}
     assert os.getpriority(os.PRIO_PROCESS, api.pid) == 10
 
 
@@ -58,7 +64,7 @@ def test_zero_leaves_the_process_as_it_is(children):
     mark = f"tradpal-test-api-{uuid.uuid4().hex}"
     api = children("-m", "uvicorn", "--factory", mark)
     interval = sys.getswitchinterval()
-    assert favour_the_steps(Settings(gil_switch_ms=0, api_server_nice=0), api_marker=mark) == {}
+    assert favour_the_steps(Settings(gil_switch_ms=0, api_server_nice=0, events_burst=1), api_marker=mark) == {}
     assert os.getpriority(os.PRIO_PROCESS, api.pid) == os.getpriority(os.PRIO_PROCESS, os.getpid())
     assert sys.getswitchinterval() == interval
 
