@@ -31,10 +31,11 @@ def load_inputs_task(params: ReplayParams) -> ReplayInputs:
 
 
 @task(name="market-data-gate", task_run_name="market-data-gate", cache_policy=NO_CACHE, persist_result=False)
-def market_data_gate_task(inputs: ReplayInputs, out: str | None, max_gap_multiple: float) -> None:
+def market_data_gate_task(inputs: ReplayInputs, out: str | None, max_gap_multiple: float,
+                          data_docs: str = "on-failure") -> None:
     """Great Expectations' market-data suite on every market before anything trades; a
     failure stops the replay with GX's result summary (also a markdown artifact)."""
-    for name, result in gate_market_data(inputs, out, max_gap_multiple):
+    for name, result in gate_market_data(inputs, out, max_gap_multiple, data_docs):
         create_markdown_artifact(key="market-data-quality", markdown=result.to_markdown(),
                                  description=f"market data {name}")
         result.raise_for_failure()
@@ -62,19 +63,21 @@ async def paper_replay(ohlcv: str, signals: str, symbol: str, cash: float = 10_0
                        fill_model: str = "next-open", slippage_model: str = "fixed", impact_k: float | None = None,
                        participation: float | None = None, latency_ms: float = 0.0, venue: str | None = None,
                        seed: int | None = None, markets: dict[str, str] | None = None,
-                       quality_gate: bool = True, max_gap_multiple: float = 10.0) -> dict:
+                       quality_gate: bool = True, max_gap_multiple: float = 10.0,
+                       data_docs: str = "on-failure") -> dict:
     """Replay ``signals`` against the bars in ``ohlcv``; returns the summary. Several
     symbols: ``markets`` {symbol: file} (``ohlcv`` and ``symbol`` then ""). ``fee_rate``
     None: the ``venue``'s maker/taker fees, or 0.001 without a venue. The simulator's
     options: see `tradpal.replay`. ``quality_gate``: run the GX market-data suite first
-    (a gap larger than ``max_gap_multiple`` bars stops the replay)."""
+    (a gap larger than ``max_gap_multiple`` bars stops the replay); its Data Docs go to
+    ``OUT/data_docs/market_data`` when it fails, or always with ``data_docs="always"``."""
     params = ReplayParams(ohlcv, signals, symbol, cash, fee_rate, slippage_bps, out, chunk_signals, risk_config,
                           fill_model=fill_model, slippage_model=slippage_model, impact_k=impact_k,
                           participation=participation, latency_ms=latency_ms, venue=venue, seed=seed,
                           markets=tuple((markets or {}).items()))
     inputs = load_inputs_task(params)
     if quality_gate:
-        market_data_gate_task(inputs, out, max_gap_multiple)
+        market_data_gate_task(inputs, out, max_gap_multiple, data_docs)
     ledger = Ledger(database_url or load_settings().ledger_url())
     result = await run_replay(params, inputs, ledger, caller=task_caller,
                               flow_run_id=str(flow_run.id) if flow_run.id else None, on_batch=progress.report)

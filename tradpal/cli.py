@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-gap-multiple", type=_number(float), default=10.0,
                    help="market-data gate: largest gap allowed, in bars (default 10)")
     r.add_argument("--no-quality-gate", action="store_true", help="skip the Great Expectations market-data gate")
+    r.add_argument("--data-docs", choices=["on-failure", "always"], default="on-failure",
+                   help="market-data gate: build GX Data Docs in OUT/data_docs when it fails (default) or always")
     _simulator(r)
     _common(r)
 
@@ -268,6 +270,7 @@ def cmd_replay(args) -> int:
     kwargs["markets"] = dict(params.markets) or None
     kwargs["quality_gate"] = not getattr(args, "no_quality_gate", False)
     kwargs["max_gap_multiple"] = getattr(args, "max_gap_multiple", 10.0)
+    kwargs["data_docs"] = getattr(args, "data_docs", "on-failure")
     from tradpal.quality import QualityGateError
 
     try:

@@ -391,11 +391,13 @@ def write_outputs(out_dir: str | Path, reports: pd.DataFrame, summary: dict, equ
     return paths
 
 
-def gate_market_data(inputs: ReplayInputs, out: str | None, max_gap_multiple: float = 10.0):
+def gate_market_data(inputs: ReplayInputs, out: str | None, max_gap_multiple: float = 10.0,
+                     data_docs: str = "on-failure"):
     """Great Expectations' market-data suite (`tradpal.quality.check_market_data`) on every
     market of the replay, before anything trades; yields (market name, result) per market,
     the first failing one last. Data Docs go to ``OUT/data_docs/market_data/NAME`` when
-    ``out`` is given. The caller decides what a failure does (the flow: an artifact, then
+    ``out`` is given: for a market that fails, or for each with ``data_docs="always"``. The
+    caller decides what a failure does (the flow: an artifact, then
     `QualityResult.raise_for_failure`)."""
     from tradpal.quality import check_market_data
 
@@ -403,7 +405,8 @@ def gate_market_data(inputs: ReplayInputs, out: str | None, max_gap_multiple: fl
     for name, bars in frames.items():
         docs = f"{out}/data_docs/market_data/{name.replace('/', '-')}" if out else None
         with frozen_heap():  # GX allocates enough for full collections over the whole process heap
-            result = check_market_data(bars, max_gap_multiple=max_gap_multiple, data_docs_dir=docs)
+            result = check_market_data(bars, max_gap_multiple=max_gap_multiple, data_docs_dir=docs,
+                                       data_docs=data_docs)
         yield name, result
         if not result.success:
             return

@@ -101,8 +101,14 @@ def test_market_data_gate_stops_a_replay_over_a_large_gap(prefect_api, tmp_path)
     db = tmp_path / "ledger.db"
     with pytest.raises(QualityGateError, match="market_data"):
         asyncio.run(paper_replay(ohlcv=str(path), signals=str(signals_path), symbol="ETH/BTC", cash=1.0,
-                                 database_url=f"sqlite:///{db}", max_gap_multiple=10))
+                                 database_url=f"sqlite:///{db}", max_gap_multiple=10, out=str(tmp_path / "bad")))
     assert not db.exists()  # stopped before the ledger was touched
+    assert (tmp_path / "bad" / "data_docs" / "market_data" / "bars" / "index.html").is_file()  # what failed, shown
     summary = asyncio.run(paper_replay(ohlcv=str(path), signals=str(signals_path), symbol="ETH/BTC", cash=1.0,
-                                       database_url=f"sqlite:///{db}", max_gap_multiple=100))
+                                       database_url=f"sqlite:///{db}", max_gap_multiple=100, out=str(tmp_path / "ok")))
     assert summary["n_fills"] == 1
+    assert not (tmp_path / "ok" / "data_docs").exists()  # a gate that passed: its artifact, no site
+    asyncio.run(paper_replay(ohlcv=str(path), signals=str(signals_path), symbol="ETH/BTC", cash=1.0,
+                             database_url=f"sqlite:///{db}", max_gap_multiple=100, out=str(tmp_path / "all"),
+                             data_docs="always"))
+    assert (tmp_path / "all" / "data_docs" / "market_data" / "bars" / "index.html").is_file()

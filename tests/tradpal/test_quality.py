@@ -250,6 +250,25 @@ def test_data_docs_built_only_into_the_given_folder(sample_bars, tmp_path, monke
     assert "Calculating Metrics" not in out + err  # no GX progress bars
 
 
+def test_data_docs_on_failure_only_skip_a_passing_suite(sample_bars, tmp_path):
+    passed = check_market_data(sample_bars, data_docs_dir=tmp_path / "ok", data_docs="on-failure")
+    assert passed.success and passed.data_docs is None and not (tmp_path / "ok").exists()
+    bars, _ = _craft(sample_bars, "negative_volume")
+    failed = check_market_data(bars, data_docs_dir=tmp_path / "bad", data_docs="on-failure")
+    assert not failed.success and Path(failed.data_docs) == tmp_path / "bad" / "index.html"
+    assert Path(failed.data_docs).is_file()
+    with pytest.raises(ValueError, match="data_docs must be one of"):
+        check_market_data(sample_bars, data_docs_dir=tmp_path / "x", data_docs="sometimes")
+
+
+def test_naive_timestamps_are_read_as_utc(sample_bars):
+    naive = sample_bars.assign(timestamp=sample_bars["timestamp"].dt.tz_localize(None))
+    assert check_market_data(naive).success
+    gapped = pd.concat([naive.iloc[:100], naive.iloc[160:]])
+    described = failed_descriptions(check_market_data(gapped))
+    assert len(described) == 1 and described.pop().startswith("no gap between consecutive bars")
+
+
 def test_import_does_not_import_great_expectations():
     code = "import tradpal.quality, sys; assert 'great_expectations' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
