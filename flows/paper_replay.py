@@ -4,6 +4,8 @@ so Prefect's per-task cost is paid per batch (see README, "Prefect overhead").""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -64,7 +66,7 @@ async def paper_replay(ohlcv: str, signals: str, symbol: str, cash: float = 10_0
                        participation: float | None = None, latency_ms: float = 0.0, venue: str | None = None,
                        seed: int | None = None, markets: dict[str, str] | None = None,
                        quality_gate: bool = True, max_gap_multiple: float = 10.0,
-                       data_docs: str = "on-failure") -> dict:
+                       data_docs: Literal["on-failure", "always"] = "on-failure") -> dict:
     """Replay ``signals`` against the bars in ``ohlcv``; returns the summary. Several
     symbols: ``markets`` {symbol: file} (``ohlcv`` and ``symbol`` then ""). ``fee_rate``
     None: the ``venue``'s maker/taker fees, or 0.001 without a venue. The simulator's

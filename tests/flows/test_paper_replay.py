@@ -112,3 +112,13 @@ def test_market_data_gate_stops_a_replay_over_a_large_gap(prefect_api, tmp_path)
                              database_url=f"sqlite:///{db}", max_gap_multiple=100, out=str(tmp_path / "all"),
                              data_docs="always"))
     assert (tmp_path / "all" / "data_docs" / "market_data" / "bars" / "index.html").is_file()
+
+
+def test_an_unknown_data_docs_choice_is_refused_before_the_run(prefect_api, tmp_path):
+    from prefect.exceptions import ParameterTypeError
+
+    db = tmp_path / "ledger.db"
+    with pytest.raises(ParameterTypeError, match="data_docs"):
+        asyncio.run(paper_replay(ohlcv=str(SAMPLE / "BITTREX_ETH-BTC_5m.csv"), signals="unused.csv",
+                                 symbol="ETH/BTC", database_url=f"sqlite:///{db}", data_docs="sometimes"))
+    assert not db.exists()
