@@ -261,6 +261,26 @@ def test_data_docs_on_failure_only_skip_a_passing_suite(sample_bars, tmp_path):
         check_market_data(sample_bars, data_docs_dir=tmp_path / "x", data_docs="sometimes")
 
 
+def test_a_passing_suite_runs_once_asking_only_pass_or_fail(sample_bars, monkeypatch):
+    import tradpal.quality as quality
+
+    formats: list[str] = []
+    run_suite = quality._run_suite
+
+    def spy(name, frame, expectations, result_format, docs_dir):
+        formats.append(result_format)
+        return run_suite(name, frame, expectations, result_format, docs_dir)
+
+    monkeypatch.setattr(quality, "_run_suite", spy)
+    assert check_market_data(sample_bars).success
+    assert formats == ["BOOLEAN_ONLY"]
+    formats.clear()
+    bars, _ = _craft(sample_bars, "negative_volume")
+    failure = only_failure(check_market_data(bars), "volume >= 0")
+    assert formats == ["BOOLEAN_ONLY", "SUMMARY"]  # the details come from the second run
+    assert failure["unexpected_count"] == 1 and failure["unexpected_rows"]
+
+
 def test_naive_timestamps_are_read_as_utc(sample_bars):
     naive = sample_bars.assign(timestamp=sample_bars["timestamp"].dt.tz_localize(None))
     assert check_market_data(naive).success
