@@ -29,6 +29,29 @@ def venue_limits(broker: object, symbols) -> dict:
     return published(list(symbols)) if published is not None else {}
 
 
+def working_buys(open_orders) -> tuple[dict[str, float], float]:
+    """What the buys still working (resting or partly filled) have committed: per symbol
+    the base quantity they may still buy, and the quote cash that needs at their limit
+    (or, for a market order, reference) price. Step 4 counts them as if they fill, so
+    that resting orders cannot together pass a position cap or the cash that one alone
+    respects. (Working sells are not counted: they may not fill.)"""
+    qty: dict[str, float] = {}
+    cash = 0.0
+    for oo in open_orders.values():
+        row = oo.row
+        if row.get("side") != "buy":
+            continue
+        left = float(row.get("quantity", 0.0)) - float(oo.cum_qty)
+        if not left > 1e-15:
+            continue
+        qty[row["symbol"]] = qty.get(row["symbol"], 0.0) + left
+        price = row.get("price")
+        px = price if price is not None and price == price else row.get("reference_price")
+        if px is not None and px == px:
+            cash += left * float(px)
+    return qty, cash
+
+
 def pre_execution_checks(orders: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
     cfg = ctx.config
     now = ctx.clock.now()
@@ -45,15 +68,19 @@ def pre_execution_checks(orders: pd.DataFrame, ctx: ExecutionContext) -> StepRes
         check_price_sanity(orders, cfg.max_price_deviation),
     ]
     breaches: list = []
+    committed_qty, committed_cash = working_buys(ctx.open_orders) if ctx.open_orders else ({}, 0.0)
     if cfg.risk is not None:
         book = ctx.book
         equity = book.equity()
+        positions = {s: book.positions.get(s, 0.0) + committed_qty.get(s, 0.0)
+                     for s in {*book.positions, *committed_qty}} if committed_qty else book.positions
         breaches = check_limits(orders, cfg.risk, equity=equity, peak_equity=max(book.peak_equity, equity),
-                                day_start_equity=book.day_start_equity or equity, positions=book.positions,
+                                day_start_equity=book.day_start_equity or equity, positions=positions,
                                 marks=book.last_price, open_orders=len(ctx.open_orders), now=now)
         results.append([None if b is None else str(b) for b in breaches])
     if cfg.check_balance:
-        results.append(check_balance(orders, ctx.book.cash, ctx.book.positions, now, cfg.fee_rate_estimate))
+        results.append(check_balance(orders, ctx.book.cash - committed_cash, ctx.book.positions, now,
+                                     cfg.fee_rate_estimate))
     reasons = first_reason(*results)
     bad = pd.notna(reasons)
     # the orders that passed, with the time they were checked: one frame made at once

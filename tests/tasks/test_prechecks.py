@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tasks.context import PipelineConfig, SymbolRules
+from tasks.context import OpenOrder, PipelineConfig, SymbolRules
 from tasks.contracts import CheckedFrame, validate
 from tasks.orders import client_order_id
 from tasks.prechecks import pre_execution_checks
@@ -102,3 +102,39 @@ def test_each_order_gets_the_first_reason_only() -> None:
     ctx = build_context(market=MARKET, start=t(1), cash=0.0, config=PipelineConfig(rules=rules))
     result = checked(raw_signals(sig(symbol="ETH/USDT"), sig(quantity=1.0)), ctx)
     assert why(result) == {"s1": "unknown symbol ETH/USDT", "s2": "quantity 1 below the minimum 10 for BTC/USDT"}
+
+
+def resting_buy(ctx, quantity: float, *, filled: float = 0.0, price: float = float("nan")) -> None:
+    """A buy still working at the venue (as monitoring remembers it)."""
+    coid = f"resting-{len(ctx.open_orders)}"
+    ctx.open_orders[coid] = OpenOrder({"client_order_id": coid, "symbol": SYM, "side": "buy", "quantity": quantity,
+                                       "price": price, "reference_price": 100.0}, cum_qty=filled)
+
+
+def test_the_cash_a_working_buy_still_needs_is_not_spent_twice() -> None:
+    ctx = build_context(market=MARKET, start=t(1), cash=250.0)
+    resting_buy(ctx, 2.0, filled=0.5, price=95.0)  # 1.5 left at 95: 142.5 of the 250 committed
+    result = checked(raw_signals(sig(quantity=1.0), sig(quantity=1.0)), ctx)
+    # 107.5 free: the first buy (100.1 with the fee estimate) passes, leaving 7.4
+    assert why(result) == {"s2": "insufficient funds (projected): buy 1 BTC/USDT needs ~100.1, cash 7.4"}
+
+
+def test_working_buys_count_towards_the_position_cap() -> None:
+    from risk.config import parse_risk_config
+
+    risk = parse_risk_config("portfolio: {max_drawdown: 0.5, max_daily_loss: 0.5, max_gross_exposure: 100}\n"
+                             f"assets: {{'{SYM}': {{max_position: 2}}}}\n")
+    ctx = build_context(market=MARKET, start=t(1), config=PipelineConfig(risk=risk))
+    ctx.book.positions[SYM] = 0.5
+    assert checked(raw_signals(sig(quantity=0.6)), ctx).rejected.empty  # 1.1: alone it fits
+    resting_buy(ctx, 1.0)  # a market buy still filling: its reference price
+    resting_buy(ctx, 0.4, filled=0.4)  # done in all but name: nothing left to count
+    assert why(checked(raw_signals(sig(quantity=0.6)), ctx)) == {"s1": "max_position BTC/USDT: 2.1 > limit 2"}
+
+
+def test_working_sells_commit_nothing_to_the_checks() -> None:
+    ctx = build_context(market=MARKET, start=t(1), cash=150.0)
+    ctx.open_orders["sell"] = OpenOrder(
+        {"client_order_id": "sell", "symbol": SYM, "side": "sell", "quantity": 5.0, "price": 120.0,
+         "reference_price": 100.0})
+    assert checked(raw_signals(sig(quantity=1.0)), ctx).rejected.empty
