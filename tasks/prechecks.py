@@ -68,7 +68,7 @@ def pre_execution_checks(orders: pd.DataFrame, ctx: ExecutionContext) -> StepRes
         check_price_sanity(orders, cfg.max_price_deviation),
     ]
     breaches: list = []
-    committed_qty, committed_cash = working_buys(ctx.open_orders) if ctx.open_orders else ({}, 0.0)
+    committed_qty, committed_cash = working_buys(ctx.open_orders)
     if cfg.risk is not None:
         book = ctx.book
         equity = book.equity()

@@ -20,11 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-from typing import Any
 
 log = logging.getLogger(__name__)
 
-_installed: dict[str, Any] = {}
+_burst = {"limit": 1}  # how many events the bulk loop takes per hand-off (1: one, as Prefect's)
 
 
 def drain_in_bulk(limit: int = 256) -> bool:
@@ -35,22 +34,22 @@ def drain_in_bulk(limit: int = 256) -> bool:
     from prefect._internal.concurrency.services import _QueueServiceBase
     from prefect.events.worker import EventsWorker
 
+    installed = EventsWorker.__dict__.get("_main_loop") is _bulk_main_loop
     if limit <= 1:
-        if _installed.pop("original", False):
+        if installed:
             del EventsWorker._main_loop  # Prefect's inherited loop again
-        _installed.pop("limit", None)
+        _burst["limit"] = 1
         return False
-    if "original" not in _installed:
+    if not installed:
         if EventsWorker.__dict__.get("_main_loop") is not None or \
                 getattr(_QueueServiceBase._main_loop, "__qualname__", "") != "_QueueServiceBase._main_loop":
             log.warning("Prefect's events worker is not the one tradpal.prefect_events knows; left as it is")
             return False
-        _installed["original"] = True
         EventsWorker._main_loop = _bulk_main_loop
         for worker in list(EventsWorker._instances.values()):  # started before: running Prefect's loop
             if isinstance(worker, EventsWorker):
                 worker._stop()  # it sends what it has queued, then ends; the next event starts one in bulk
-    _installed["limit"] = limit
+    _burst["limit"] = limit
     return True
 
 
@@ -62,7 +61,7 @@ async def _bulk_main_loop(self) -> None:
     while True:
         first = await self._queue_get_thread.submit(create_call(self._queue.get)).aresult()
         burst = [first]
-        limit = _installed.get("limit", 1)
+        limit = _burst["limit"]
         while first is not None and len(burst) < limit:
             try:
                 item = self._queue.get_nowait()

@@ -63,8 +63,8 @@ def worker_hand_offs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     drain_in_bulk(1)
 
 
-def emit_burst(n: int) -> list[str]:
-    names = [f"tradpal.test.e{i}" for i in range(n)]
+def emit_burst(n: int, prefix: str = "e") -> list[str]:
+    names = [f"tradpal.test.{prefix}{i}" for i in range(n)]
     for name in names:
         emit_event(event=name, resource={"prefect.resource.id": "tradpal.test"})
     return names
@@ -111,9 +111,7 @@ def test_a_worker_running_before_is_stopped_after_sending_its_queue(worker_hand_
     assert drain_in_bulk(256)
     assert old._stopped
     Gate.opened.set()
-    later = [f"tradpal.test.late{i}" for i in range(5)]
-    for name in later:
-        emit_event(event=name, resource={"prefect.resource.id": "tradpal.test"})
+    later = emit_burst(5, prefix="late")
     assert EventsWorker.instance() is not old
     EventsWorker.drain_all(at_exit=False)
     assert sorted(sent()) == sorted(early + later)  # nothing lost across the restart
