@@ -100,8 +100,8 @@ def _direct(kwargs: dict, gate: bool = True) -> tuple[float, dict]:
     inputs = load_inputs(params)
     for _, checked in gate_market_data(inputs, kwargs["out"]) if gate else ():
         checked.raise_for_failure()
-    result = asyncio.run(run_replay(params, inputs, ledger))
-    write_outputs(kwargs["out"], result.reports, result.summary, result.equity)
+    result = asyncio.run(run_replay(params, inputs, ledger, equity_to=kwargs["out"]))  # as the flow does
+    write_outputs(kwargs["out"], result.reports, result.summary, result.equity, result.equity_file)
     ledger.finish_run(result.summary["run_id"], "completed", result.summary)
     seconds = time.perf_counter() - t0
     _cpu_since(cpu)

@@ -44,9 +44,10 @@ def market_data_gate_task(inputs: ReplayInputs, out: str | None, max_gap_multipl
 
 
 @task(name="publish-results", task_run_name="publish-results", cache_policy=NO_CACHE, persist_result=False)
-def publish_task(summary: dict, reports: pd.DataFrame, out_dir: str | None, equity: pd.DataFrame, ledger: Ledger) -> dict:
+def publish_task(summary: dict, reports: pd.DataFrame, out_dir: str | None, equity: pd.DataFrame, ledger: Ledger,
+                 equity_file: str | None = None) -> dict:
     if out_dir:
-        paths = write_outputs(out_dir, reports, summary, equity)
+        paths = write_outputs(out_dir, reports, summary, equity, equity_file)
         summary = {**summary, "outputs": [str(p) for p in paths]}
     create_markdown_artifact(key="replay-summary", markdown=summary_markdown(summary),
                              description="Paper replay summary")
@@ -82,5 +83,7 @@ async def paper_replay(ohlcv: str, signals: str, symbol: str, cash: float = 10_0
         market_data_gate_task(inputs, out, max_gap_multiple, data_docs)
     ledger = Ledger(database_url or load_settings().ledger_url())
     result = await run_replay(params, inputs, ledger, caller=task_caller,
-                              flow_run_id=str(flow_run.id) if flow_run.id else None, on_batch=progress.report)
-    return publish_task(result.summary, result.reports, out, result.equity, ledger)
+                              flow_run_id=str(flow_run.id) if flow_run.id else None, on_batch=progress.report,
+                              equity_to=out)
+    equity_file = str(result.equity_file) if result.equity_file else None
+    return publish_task(result.summary, result.reports, out, result.equity, ledger, equity_file)

@@ -269,14 +269,20 @@ def max_drawdown(equity: np.ndarray) -> float:
     return float(max(dd.max(), 0.0))
 
 
-def iso_utc(stamps: pd.Series):
-    """ISO-8601 UTC strings (``YYYY-MM-DDTHH:MM:SSZ``), vectorised in Arrow."""
+def iso_utc_array(stamps: pd.Series | pd.DatetimeIndex):
+    """ISO-8601 UTC text (``YYYY-MM-DDTHH:MM:SSZ``) as an Arrow string array, made in
+    Arrow: no Python string per value."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    values = pa.array(stamps.to_numpy("datetime64[ns]").astype("datetime64[s]"), type=pa.timestamp("s"))
+    values = pa.array(np.asarray(stamps.to_numpy("datetime64[ns]")).astype("datetime64[s]"), type=pa.timestamp("s"))
     text = pc.replace_substring(pc.cast(values, pa.string()), " ", "T")  # cast is ~30x faster than strftime
-    return pc.binary_join_element_wise(text, "Z", "").to_numpy(zero_copy_only=False)
+    return pc.binary_join_element_wise(text, "Z", "")
+
+
+def iso_utc(stamps: pd.Series):
+    """ISO-8601 UTC strings (``YYYY-MM-DDTHH:MM:SSZ``), vectorised in Arrow, as a numpy array."""
+    return iso_utc_array(stamps).to_numpy(zero_copy_only=False)
 
 
 def fills_table(reports: pd.DataFrame, with_symbol: bool = False) -> pd.DataFrame:
@@ -361,31 +367,119 @@ def _atomic(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def write_numeric_csv(frame: pd.DataFrame, path: Path) -> None:
-    """A large CSV of an ISO timestamp and numbers, via Arrow (fast; round-trip floats)."""
+def numeric_table(frame: pd.DataFrame):
+    """``frame`` (a ``timestamp`` column, then numbers) as an Arrow table for a CSV: the
+    timestamps as ISO-8601 UTC text (`iso_utc_array`) unless they are text already."""
     import pyarrow as pa
+
+    columns = {}
+    for name in frame.columns:
+        col = frame[name]
+        if name == "timestamp" and pd.api.types.is_datetime64_any_dtype(col):
+            columns[name] = iso_utc_array(col)
+        elif name == "timestamp":
+            columns[name] = pa.array(col.to_numpy(), type=pa.string())
+        else:
+            columns[name] = pa.array(col.to_numpy("float64"), type=pa.float64())
+    return pa.table(columns)
+
+
+def _csv_header(columns) -> bytes:
+    return (",".join(columns) + "\n").encode()
+
+
+def _append_csv(table, fh) -> None:
+    """``table``'s rows, no header, numbers as their shortest round-trip text (pyarrow)."""
     import pyarrow.csv as pacsv
 
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pacsv.write_csv(table, fh, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+
+
+def write_numeric_csv(frame: pd.DataFrame, path: Path) -> None:
+    """A large CSV of an ISO timestamp and numbers, via Arrow (fast; round-trip floats),
+    written atomically."""
+    table = numeric_table(frame)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
-            fh.write((",".join(frame.columns) + "\n").encode())
-            pacsv.write_csv(table, fh, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+            fh.write(_csv_header(frame.columns))
+            _append_csv(table, fh)
 
     _atomic(path, write)
 
 
-def write_outputs(out_dir: str | Path, reports: pd.DataFrame, summary: dict, equity: pd.DataFrame) -> list[Path]:
-    """fills.csv, equity.csv and summary.json, each written atomically (absolute paths returned)."""
+class EquityWriter:
+    """``equity.csv`` written while a replay runs: each batch's equity segment is turned
+    into text and appended by one background thread while the next batch trades (Arrow
+    formats and writes without holding the GIL, so on two cores this work leaves the
+    replay's own path). The file is a hidden temporary in the output directory until
+    `write_outputs` renames it to ``equity.csv`` with the other outputs; `abort` removes
+    it. The bytes are those `write_numeric_csv` writes for the whole curve at once."""
+
+    COLUMNS = ("timestamp", "cash", "position_value", "equity")
+
+    def __init__(self, out_dir: str | Path) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        out = Path(out_dir).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=".equity.csv.", suffix=".part")
+        self.path = Path(tmp)
+        self._fh = os.fdopen(fd, "wb")
+        self._fh.write(_csv_header(self.COLUMNS))
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tradpal-equity")
+        self._pending: list = []
+
+    def add(self, segments: list[pd.DataFrame]) -> None:
+        """Append ``segments`` (in order, after those added before), in the background."""
+        for seg in segments:
+            if len(seg):
+                self._pending.append(self._pool.submit(self._append, seg))
+        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+
+    def _append(self, seg: pd.DataFrame) -> None:
+        _append_csv(numeric_table(seg[list(self.COLUMNS)]), self._fh)
+
+    def finish(self) -> Path:
+        """Wait for every segment; the complete temporary file (an error in writing is raised here)."""
+        try:
+            for future in self._pending:
+                future.result()
+        except BaseException:
+            self.abort()
+            raise
+        self._pool.shutdown()
+        self._fh.close()
+        return self.path
+
+    def abort(self) -> None:
+        """Stop and remove the temporary file (a failed replay leaves no equity.csv)."""
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        self._fh.close()
+        self.path.unlink(missing_ok=True)
+
+
+def write_outputs(out_dir: str | Path, reports: pd.DataFrame, summary: dict, equity: pd.DataFrame,
+                  equity_file: str | Path | None = None) -> list[Path]:
+    """fills.csv, equity.csv and summary.json, each written atomically (absolute paths
+    returned). ``equity_file``: equity.csv already written (`EquityWriter.finish`), moved
+    into place instead of writing ``equity`` again."""
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    eq = pd.DataFrame({"timestamp": iso_utc(equity["timestamp"]), **{c: equity[c].astype("float64")
-                       for c in ("cash", "position_value", "equity")}})
     paths = [out / "fills.csv", out / "equity.csv", out / "summary.json"]
     multi = len(summary.get("symbols", ())) > 1
     _atomic(paths[0], lambda tmp: fills_table(reports, multi).to_csv(tmp, index=False))  # floats round-trip exactly
-    write_numeric_csv(eq, paths[1])
+    if equity_file is None:
+        write_numeric_csv(equity[["timestamp", "cash", "position_value", "equity"]], paths[1])
+    elif Path(equity_file).resolve().parent == out:
+        os.replace(equity_file, paths[1])
+    else:  # written for another directory: copied, then removed
+        import shutil
+
+        _atomic(paths[1], lambda tmp: shutil.copyfile(equity_file, tmp))
+        Path(equity_file).unlink()
     text = json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n"
     _atomic(paths[2], lambda tmp: Path(tmp).write_text(text))
     return paths
@@ -459,12 +553,16 @@ class ReplayResult:
     summary: dict
     reports: pd.DataFrame
     equity: pd.DataFrame
+    equity_file: Path | None = None  # equity.csv written during the run (``equity_to``), for `write_outputs`
 
 
 async def run_replay(params: ReplayParams, inputs: ReplayInputs, ledger, *, caller=None,
-                     flow_run_id: str | None = None, on_batch=None) -> ReplayResult:
+                     flow_run_id: str | None = None, on_batch=None,
+                     equity_to: str | Path | None = None) -> ReplayResult:
     """Replay batch by batch through the eight steps. ``caller(label)`` returns how to run
-    a step (the flow passes its Prefect tasks; None runs the plain functions directly)."""
+    a step (the flow passes its Prefect tasks; None runs the plain functions directly).
+    ``equity_to``: an output directory where equity.csv is written while the batches run
+    (`EquityWriter`); the result's ``equity_file`` then goes to `write_outputs`."""
     import uuid
 
     from risk.alerts import alerter_from_env
@@ -478,6 +576,8 @@ async def run_replay(params: ReplayParams, inputs: ReplayInputs, ledger, *, call
     ctx.alerter = alerter_from_env(inputs.risk)
     batches = plan_batches(inputs, params.batch_size)
     reports = []
+    writer = EquityWriter(equity_to) if equity_to is not None else None
+    written = 0  # equity segments handed to the writer
     try:
         with frozen_heap():
             for i, batch in enumerate(batches):
@@ -487,14 +587,20 @@ async def run_replay(params: ReplayParams, inputs: ReplayInputs, ledger, *, call
                 while ctx.pending_signals:  # raised by the pipeline itself (a loss-limit flatten): through the steps
                     pending, ctx.pending_signals = pd.DataFrame(ctx.pending_signals), []
                     reports.append(await run_batch(pending, ctx, call=call))
+                if writer is not None:
+                    writer.add(ctx.equity_segments[written:])
+                    written = len(ctx.equity_segments)
                 if on_batch:
                     on_batch(i + 1, len(batches), batch.label)
                 keep_frozen()  # what this batch left behind (book, orders, reports) joins the frozen heap
+        equity_file = writer.finish() if writer is not None else None
     except BaseException as exc:
+        if writer is not None:
+            writer.abort()
         ledger.finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
         raise
     all_reports = pd.concat(reports, ignore_index=True)
     curve = equity_curve(ctx)
     summary = summarize(params, inputs, ctx, all_reports, curve)
     summary.update(run_id=run_id, ledger=ledger.url, flow_run_id=flow_run_id)
-    return ReplayResult(summary, all_reports, curve)
+    return ReplayResult(summary, all_reports, curve, equity_file)

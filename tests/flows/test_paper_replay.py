@@ -43,6 +43,9 @@ def test_outputs_match_reference(replayed):
     equity = pd.read_csv(tmp_path / "out" / "equity.csv")
     assert len(equity) == len(bars)
     assert equity["equity"].iloc[-1] == pytest.approx(ref["final_equity"], rel=1e-9)
+    assert equity["timestamp"].tolist() == [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in bars["timestamp"]]
+    # equity.csv was written while the batches ran, then moved into place: nothing else is left
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["equity.csv", "fills.csv", "summary.json"]
 
 
 def test_ledger_rows_carry_prefect_run_ids(replayed, prefect_client):

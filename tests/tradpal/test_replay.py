@@ -183,3 +183,91 @@ def test_kelly_sizing_uses_the_recorded_round_trips(tmp_path):
     assert sized["b0"]["inputs"]["fallback_fraction"] == 0.05 and sized["b0"]["inputs"]["trades"] == 0
     assert sized["b2"]["inputs"]["trades"] == 2 and "kelly" in sized["b2"]["inputs"]
     assert all(p["method"] == "kelly" for p in sized)
+
+
+# -- equity.csv written while the replay runs ----------------------------------------------
+
+
+def _curve(n: int, start: str = "2024-01-01") -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    cash = 1000 + rng.normal(size=n).cumsum()
+    value = np.abs(rng.normal(size=n)) * 1e-7 + rng.integers(0, 3, n) * 0.1  # awkward floats: round-trip text
+    return pd.DataFrame({"timestamp": pd.date_range(start, periods=n, freq="1min", tz="UTC"), "cash": cash,
+                         "position_value": value, "equity": cash + value})
+
+
+def test_equity_writer_writes_the_bytes_of_the_whole_curve(tmp_path):
+    from tradpal.replay import EquityWriter, write_numeric_csv
+
+    curve = _curve(1000)
+    write_numeric_csv(curve, tmp_path / "whole.csv")
+    writer = EquityWriter(tmp_path / "out")
+    writer.add([curve.iloc[:1], curve.iloc[1:1]])  # an empty segment writes nothing
+    writer.add([curve.iloc[1:400], curve.iloc[400:]])
+    path = writer.finish()
+    assert path.name.startswith(".equity.csv.") and path.parent == (tmp_path / "out").resolve()
+    assert path.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    first = (tmp_path / "whole.csv").read_text().splitlines()[:2]
+    assert first[0] == "timestamp,cash,position_value,equity" and first[1].startswith("2024-01-01T00:00:00Z,")
+    assert pd.read_csv(path, float_precision="round_trip")["position_value"].tolist() == curve["position_value"].tolist()  # exact round trip
+
+
+def test_equity_writer_failure_and_abort_leave_no_file(tmp_path):
+    from tradpal.replay import EquityWriter
+
+    writer = EquityWriter(tmp_path)
+    writer.add([_curve(10).drop(columns="cash")])  # fails in the background thread
+    with pytest.raises(KeyError, match="cash"):
+        writer.finish()
+    assert list(tmp_path.iterdir()) == []
+    writer = EquityWriter(tmp_path)
+    writer.add([_curve(10)])
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_outputs_moves_the_streamed_equity_file_into_place(tmp_path):
+    from tradpal.replay import EquityWriter, write_numeric_csv, write_outputs
+
+    curve = _curve(50)
+    reports = pd.DataFrame(columns=["timestamp", "signal_id", "side", "quantity", "price", "fee"])
+    for where in ("out", "elsewhere"):  # the same directory (renamed), or another (copied)
+        writer = EquityWriter(tmp_path / where)
+        writer.add([curve.iloc[:20], curve.iloc[20:]])
+        write_outputs(tmp_path / "out", reports, {"n_fills": 0}, curve, writer.finish())
+        write_numeric_csv(curve, tmp_path / "expected.csv")
+        assert (tmp_path / "out" / "equity.csv").read_bytes() == (tmp_path / "expected.csv").read_bytes()
+        assert sorted(p.name for p in (tmp_path / where).iterdir() if p.name.startswith(".")) == []
+
+
+def test_replay_streams_equity_and_a_failed_replay_leaves_none(tmp_path, monkeypatch):
+    from tradpal.replay import write_numeric_csv
+
+    ohlcv = SAMPLE / "BITTREX_ETH-BTC_5m.csv"
+    signals = sma_crossover(load_ohlcv(ohlcv), symbol="ETH/BTC", quantity=1.0)
+    write_signals_csv(signals, tmp_path / "signals.csv")
+    params = ReplayParams(str(ohlcv), str(tmp_path / "signals.csv"), "ETH/BTC", 1.0, 0.001, 5.0, None, 50)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    out = tmp_path / "out"
+    result = asyncio.run(run_replay(params, load_inputs(params), ledger, equity_to=out))
+    assert len(plan_batches(load_inputs(params), 50)) > 3  # several segments, appended in order
+    write_numeric_csv(result.equity, tmp_path / "expected.csv")
+    assert result.equity_file.read_bytes() == (tmp_path / "expected.csv").read_bytes()
+    result.equity_file.unlink()
+
+    import tasks.pipeline
+
+    calls = {"n": 0}
+    real = tasks.pipeline.run_step
+
+    async def failing(step, frame, ctx):  # the third batch fails: two segments were handed over already
+        calls["n"] += 1
+        if calls["n"] > 16:
+            raise RuntimeError("the venue went away")
+        return await real(step, frame, ctx)
+
+    monkeypatch.setattr(tasks.pipeline, "run_step", failing)
+    with pytest.raises(RuntimeError, match="venue"):
+        asyncio.run(run_replay(params, load_inputs(params), ledger, equity_to=out))
+    assert list(out.iterdir()) == []
+    assert ledger.frame("runs")["status"].tolist() == ["running", "failed"]  # the first: its caller finishes it
