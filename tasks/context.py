@@ -213,7 +213,7 @@ class ExecutionContext:
         self.default_strategy = strategy
         self.alerter: Any = None  # risk.alerts.Alerter, when alert channels are configured
         self.open_orders: dict[str, OpenOrder] = {}
-        self.sent_client_ids: set[str] = set()  # placement: ids sent to the broker by this process (a re-send looks up first)
+        self.sent_client_ids: set[str] = set()  # placement: ids this batch sent to the broker (a re-send looks up first)
         self.placement_results: dict[str, Any] = {}  # placement -> monitoring: the broker's answer, by client order id
         self.brackets: dict[str, Any] = {}  # monitoring: risk.brackets.Bracket by entry client order id
         self.brackets_restored = False  # monitoring: open bracket legs taken over from the ledger

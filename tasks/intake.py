@@ -160,6 +160,8 @@ def intake_signals(raw: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
     ok = [r is None for r in reasons]
     good = df if all(ok) else df.loc[np.array(ok, dtype=bool)].reset_index(drop=True)
     # the ledger claim: whoever inserts a signal id first owns it (another run, another worker)
+    if len(good):  # a new batch: the last one's sends are forgotten (its signals are no longer claimed here,
+        ctx.sent_client_ids.clear()  # so one of its orders sent again is looked up first): memory stays one batch
     taken = ctx.recorder.claim_signals(good, _provenance(ctx))
     if taken:
         for pos, sid in enumerate(ids):

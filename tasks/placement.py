@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from datetime import UTC, datetime
+import time
 from typing import Any
 
 import numpy as np
@@ -60,40 +60,60 @@ async def place_one(ctx: ExecutionContext, order: Order, *, first_send: bool = F
     return await ctx.broker.place_order(order)
 
 
-def never_sent(ctx: ExecutionContext, row: dict) -> bool:
+def never_sent(ctx: ExecutionContext, row: dict, *, lookup_always: bool | None = None) -> bool:
     """An order step 3 made for a signal this run claimed in the ledger (the claim is the
     database's ``INSERT .. ON CONFLICT DO NOTHING``: no run sharing the ledger has seen the
     signal), and this process has not sent yet: it cannot be at the venue, so placing it
     needs no lookup first. ``TRADPAL_PLACEMENT_LOOKUP=always`` looks up every order anyway
-    (several ledgers trading one account, or a ledger restored from an old backup)."""
-    if os.environ.get("TRADPAL_PLACEMENT_LOOKUP", "").strip().lower() == "always":
+    (several ledgers trading one account, or a ledger restored from an old backup);
+    ``lookup_always``: that setting, read once by the caller for a whole batch."""
+    if lookup_always is None:
+        lookup_always = _lookup_always()
+    if lookup_always:
         return False
     claimed = getattr(ctx.recorder, "claimed_here", None)
     return bool(claimed is not None and claimed(str(row["signal_id"])))
 
 
+def _lookup_always() -> bool:
+    return os.environ.get("TRADPAL_PLACEMENT_LOOKUP", "").strip().lower() == "always"
+
+
+def _utc_ns(at: Any) -> int:
+    """A broker's timestamp as int64 UTC nanoseconds (naive: UTC)."""
+    if type(at) is pd.Timestamp and at.tzinfo is not None:
+        return at.value
+    at = pd.Timestamp(at)
+    return (at.tz_convert("UTC") if at.tzinfo else at.tz_localize("UTC")).value
+
+
 async def place_orders(checked: pd.DataFrame, ctx: ExecutionContext) -> StepResult:
-    """Place each order (up to ``config.placement_concurrency`` in flight at once; the
-    outcome is the same as one by one, in row order). The broker's answers are kept in
-    ``ctx.placement_results`` for monitoring (an order already over needs no poll)."""
+    """Place each order (up to ``config.placement_concurrency`` in flight at once, for a
+    broker that `waits_on_network`; the outcome is the same as one by one, in row order).
+    The broker's answers are kept in ``ctx.placement_results`` for monitoring (an order
+    already over needs no poll)."""
     rows = records(checked)
     outcomes: list[tuple[str, Any]] = [("", None)] * len(rows)
+    acked_ns = np.zeros(len(rows), dtype="int64")  # when each answer came
     limit = asyncio.Semaphore(max(1, int(ctx.config.placement_concurrency)))
+    lookup_always = _lookup_always()
 
     async def one(i: int, row: dict) -> None:
         order = to_order(row)
         async with limit:
             crash_point("placement.sent")
             try:
-                result = await place_one(ctx, order, first_send=never_sent(ctx, row))
+                result = await place_one(ctx, order, first_send=never_sent(ctx, row, lookup_always=lookup_always))
             except (InsufficientFundsError, InvalidOrderError) as exc:
                 crash_point("placement.acked")
                 outcomes[i] = ("refused", f"{type(exc).__name__}: {exc.broker_message}")
                 return
+        acked_ns[i] = time.time_ns()
         crash_point("placement.acked")  # the venue has it; the ledger does not yet
         outcomes[i] = ("answered", result)
 
-    if len(rows) == 1 or ctx.config.placement_concurrency <= 1:
+    concurrent = ctx.config.placement_concurrency > 1 and getattr(ctx.broker, "waits_on_network", True)
+    if len(rows) == 1 or not concurrent:
         for i, row in enumerate(rows):
             await one(i, row)
     else:
@@ -107,7 +127,6 @@ async def place_orders(checked: pd.DataFrame, ctx: ExecutionContext) -> StepResu
     broker_ids: list[str] = []
     statuses: list[str] = []
     placed_ns: list[int] = []
-    acked_ns: list[int] = []
     refused: list[tuple[str, str, str]] = []
     for i, (row, (kind, value)) in enumerate(zip(rows, outcomes, strict=True)):
         if kind == "refused":
@@ -121,15 +140,13 @@ async def place_orders(checked: pd.DataFrame, ctx: ExecutionContext) -> StepResu
         placed[i] = True
         broker_ids.append(result.order_id)
         statuses.append(result.status.value)
-        at = pd.Timestamp(result.timestamp)
-        placed_ns.append((at.tz_convert("UTC") if at.tzinfo else at.tz_localize("UTC")).value)
-        acked_ns.append(pd.Timestamp(datetime.now(UTC)).value)
+        placed_ns.append(_utc_ns(result.timestamp))
     # the checked orders placed, with the broker's answer: one frame made at once
     cols = dict(zip(checked.columns, column_arrays(checked), strict=True))
     if not placed.all():
         cols = {name: array[placed] for name, array in cols.items()}
     cols.update(broker_order_id=strings(broker_ids), status=strings(statuses), placed_at=utc_array(placed_ns),
-                acked_at=utc_array(acked_ns))
+                acked_at=utc_array(acked_ns[placed]))
     frame = frame_of(cols)
     ids, coids, why = zip(*refused, strict=True) if refused else ((), (), ())
     return StepResult(frame, rejections(ids, why, coids))

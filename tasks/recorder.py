@@ -89,7 +89,7 @@ class LedgerRecorder:
 
     def __init__(self, ledger: Ledger, *, run_id: str, namespace: str, venue: str) -> None:
         self.ledger, self.run_id, self.namespace, self.venue = ledger, run_id, namespace, venue
-        self._claimed: set[str] = set()  # signal ids this recorder inserted by `claim_signals`
+        self._claimed: set[str] = set()  # signal ids the latest `claim_signals` inserted (one batch's)
         # ids of rows this recorder inserted, once committed: the next steps' writes need no
         # look-up (a miss, e.g. an order another writer recorded, is looked up)
         self._signal_pks: dict[str, int] = {}
@@ -102,18 +102,23 @@ class LedgerRecorder:
         """Insert ``signals`` as a claim (one transaction, ``ON CONFLICT DO NOTHING`` on
         ``UNIQUE(namespace, signal_id)``); returns the ids that were already taken — by an
         earlier run, or by another worker at the same moment. The database decides, so
-        this holds across processes and hosts sharing the ledger (no lock needed)."""
+        this holds across processes and hosts sharing the ledger (no lock needed).
+
+        Only the latest batch's claims are kept for `claimed_here` (a batch runs its steps
+        before the next is claimed): what a long-running stream remembers stays one batch,
+        and an order of an earlier batch sent again is looked up first."""
         if signals.empty:
             return set()
         with self.ledger.write() as s:
             got = self.ledger.record_signals(s, signals, namespace=self.namespace, prov=prov, skip_existing=True)
-        self._claimed.update(got)
+        self._claimed = set(got)
         _remember(self._signal_pks, got)
         return set(signals["signal_id"]) - set(got)
 
     def claimed_here(self, signal_id: str) -> bool:
-        """Whether this recorder's `claim_signals` inserted ``signal_id``: the ledger had
-        never seen it, so no run sharing this ledger can have sent its orders before."""
+        """Whether this recorder's latest `claim_signals` (the batch running) inserted
+        ``signal_id``: the ledger had never seen it, so no run sharing this ledger can have
+        sent its orders before."""
         return signal_id in self._claimed
 
     def active_breakers(self, now: pd.Timestamp) -> list[dict]:

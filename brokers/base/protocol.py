@@ -15,6 +15,9 @@ class BaseBroker(abc.ABC):
     """
 
     name: str = "broker"
+    #: Its calls wait on a network: orders of one batch are worth having in flight at
+    #: once (`tasks.placement`). A venue simulated in memory answers at once: False.
+    waits_on_network: bool = True
 
     async def __aenter__(self) -> BaseBroker:
         await self.connect()

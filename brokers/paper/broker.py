@@ -166,6 +166,8 @@ class _OrderState:
 class PaperBroker(BaseBroker):
     """A simulated spot venue; see the module docstring for the two modes."""
 
+    waits_on_network = False  # in memory: placing a batch concurrently would only add task switches
+
     def __init__(
         self,
         *,

@@ -115,7 +115,10 @@ def ledger_context(ledger: Ledger, kind: str = "replay", **kw: Any) -> Execution
 class FlakyBroker:
     """Wraps a broker: calls of a method listed in ``fail`` raise a copy of ``error``
     (an int N: the first N calls; a set: those call numbers, from 1). Counts the calls
-    of every listed method in ``calls``; everything else passes through."""
+    of every listed method in ``calls``; everything else passes through. It stands for a
+    venue over a network (its calls fail like one): placement sends a batch concurrently."""
+
+    waits_on_network = True
 
     def __init__(self, inner: Any, fail: dict[str, int | set[int]], error: Exception) -> None:
         self.inner, self._error = inner, error

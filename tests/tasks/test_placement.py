@@ -3,6 +3,7 @@ retryable errors propagate."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import pandas as pd
@@ -179,3 +180,47 @@ def test_every_order_is_looked_up_when_asked_or_when_the_signal_was_not_claimed_
     ctx = build_context(broker=flaky({"get_order_by_client_id": 0, "place_order": 0}, BrokerConnectionError("x")))
     place(checked_frame(raw_signals({}), ctx), ctx)  # no ledger claim (a recorder that claims nothing)
     assert ctx.broker.calls == {"get_order_by_client_id": 1, "place_order": 1}
+
+
+def test_a_broker_in_memory_is_sent_one_order_at_a_time() -> None:
+    """The paper broker answers at once: a batch is placed one by one (no task per order),
+    with the same outcome as concurrently; each ack time is when its answer came."""
+    ctx = build_context()
+    assert ctx.broker.waits_on_network is False
+    in_flight, most = {"n": 0}, {"n": 0}
+    real = ctx.broker.place_order
+
+    async def watched(order):
+        in_flight["n"] += 1
+        most["n"] = max(most["n"], in_flight["n"])
+        await asyncio.sleep(0)  # a task switch: concurrent sends would overlap here
+        try:
+            return await real(order)
+        finally:
+            in_flight["n"] -= 1
+
+    ctx.broker.place_order = watched
+    before = pd.Timestamp.now(tz="UTC")
+    frame = place(checked_frame(raw_signals({}, {}, {}), ctx), ctx).frame
+    assert most["n"] == 1 and frame["broker_order_id"].tolist() == ["paper-1", "paper-2", "paper-3"]
+    acked = frame["acked_at"]
+    assert acked.is_monotonic_increasing and before <= acked.iloc[0] <= pd.Timestamp.now(tz="UTC")
+
+
+def test_a_long_run_remembers_one_batch_of_claims_and_sends(ledger) -> None:
+    """A stream runs for days: what placement remembers to skip look-ups (the claims, the
+    ids sent) is the running batch's, not every signal's; an earlier batch's order sent
+    again is looked up and found, never placed twice."""
+    ctx = _claimed_context(ledger)
+    checked = run_through(raw_signals({}, {}), ctx, "pre_checks")
+    first = place(checked, ctx).frame
+    for n in range(3):  # three more batches of two signals
+        batch = raw_signals({}, {}).assign(signal_id=[f"b{n}-1", f"b{n}-2"])
+        place(run_through(batch, ctx, "pre_checks"), ctx)
+        assert ctx.sent_client_ids == {client_order_id(f"b{n}-1"), client_order_id(f"b{n}-2")}
+        assert not ctx.recorder.claimed_here("s1") and ctx.recorder.claimed_here(f"b{n}-1")
+        assert len(ctx.recorder._claimed) == 2
+    assert ctx.broker.calls == {"get_order_by_client_id": 0, "place_order": 8}
+    again = place(checked, ctx).frame  # the first batch's orders once more
+    assert ctx.broker.calls == {"get_order_by_client_id": 2, "place_order": 8}
+    assert again["broker_order_id"].tolist() == first["broker_order_id"].tolist()
