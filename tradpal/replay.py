@@ -275,7 +275,7 @@ def iso_utc_array(stamps: pd.Series | pd.DatetimeIndex):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    values = pa.array(np.asarray(stamps.to_numpy("datetime64[ns]")).astype("datetime64[s]"), type=pa.timestamp("s"))
+    values = pa.array(stamps.to_numpy("datetime64[ns]").astype("datetime64[s]"), type=pa.timestamp("s"))
     text = pc.replace_substring(pc.cast(values, pa.string()), " ", "T")  # cast is ~30x faster than strftime
     return pc.binary_join_element_wise(text, "Z", "")
 
