@@ -465,12 +465,17 @@ def write_outputs(out_dir: str | Path, reports: pd.DataFrame, summary: dict, equ
                   equity_file: str | Path | None = None) -> list[Path]:
     """fills.csv, equity.csv and summary.json, each written atomically (absolute paths
     returned). ``equity_file``: equity.csv already written (`EquityWriter.finish`), moved
-    into place instead of writing ``equity`` again."""
+    into place instead of writing ``equity`` again (removed if writing fails before)."""
     out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     paths = [out / "fills.csv", out / "equity.csv", out / "summary.json"]
     multi = len(summary.get("symbols", ())) > 1
-    _atomic(paths[0], lambda tmp: fills_table(reports, multi).to_csv(tmp, index=False))  # floats round-trip exactly
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic(paths[0], lambda tmp: fills_table(reports, multi).to_csv(tmp, index=False))  # floats round-trip exactly
+    except BaseException:
+        if equity_file is not None:
+            Path(equity_file).unlink(missing_ok=True)
+        raise
     if equity_file is None:
         write_numeric_csv(equity[["timestamp", "cash", "position_value", "equity"]], paths[1])
     elif Path(equity_file).resolve().parent == out:

@@ -238,6 +238,11 @@ def test_write_outputs_moves_the_streamed_equity_file_into_place(tmp_path):
         write_numeric_csv(curve, tmp_path / "expected.csv")
         assert (tmp_path / "out" / "equity.csv").read_bytes() == (tmp_path / "expected.csv").read_bytes()
         assert sorted(p.name for p in (tmp_path / where).iterdir() if p.name.startswith(".")) == []
+    writer = EquityWriter(tmp_path / "out")  # fills.csv cannot be written: the streamed file goes too
+    writer.add([curve])
+    with pytest.raises(KeyError):
+        write_outputs(tmp_path / "out", reports.drop(columns="fee"), {"n_fills": 0}, curve, writer.finish())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["equity.csv", "fills.csv", "summary.json"]
 
 
 def test_replay_streams_equity_and_a_failed_replay_leaves_none(tmp_path, monkeypatch):
