@@ -215,7 +215,7 @@ def lower_bound(ohlcv: str, signals: str, out: Path, *, cash: float, fee_rate: f
     pd.DataFrame({"timestamp": iso_utc(bars["timestamp"].iloc[at]), "signal_id": sig["signal_id"],
                   "side": sig["side"], "quantity": qty, "price": price, "fee": fee}).to_csv(out / "fills.csv",
                                                                                             index=False)
-    write_numeric_csv(pd.DataFrame({"timestamp": iso_utc(bars["timestamp"]), "cash": cash_bar,
+    write_numeric_csv(pd.DataFrame({"timestamp": bars["timestamp"], "cash": cash_bar,
                                     "position_value": held_bar * closes, "equity": equity}), out / "equity.csv")
     summary = {"n_fills": len(sig), "total_fees": float(fee.sum()), "final_cash": float(cash_bar[-1]),
                "final_position": float(held_bar[-1]), "final_equity": float(equity[-1]),

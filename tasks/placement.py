@@ -24,6 +24,7 @@ from brokers.base import (
     Side,
     TimeInForce,
 )
+from brokers.base.clock import utc
 from tasks.context import ExecutionContext
 from tasks.step import StepResult, column_arrays, frame_of, records, rejections, strings, utc_array
 from tradpal.faults import crash_point
@@ -80,11 +81,8 @@ def _lookup_always() -> bool:
 
 
 def _utc_ns(at: Any) -> int:
-    """A broker's timestamp as int64 UTC nanoseconds (naive: UTC)."""
-    if type(at) is pd.Timestamp and at.tzinfo is not None:
-        return at.value
-    at = pd.Timestamp(at)
-    return (at.tz_convert("UTC") if at.tzinfo else at.tz_localize("UTC")).value
+    """A broker's timestamp as int64 UTC nanoseconds (naive: UTC); an aware Timestamp as it is."""
+    return at.value if type(at) is pd.Timestamp and at.tzinfo is not None else utc(at).value
 
 
 async def place_orders(checked: pd.DataFrame, ctx: ExecutionContext) -> StepResult:

@@ -40,6 +40,7 @@ from brokers.paper.fills import FILL_MODELS
 from brokers.paper.slippage import SLIPPAGE_MODELS, slippage_model
 from brokers.paper.venues import FeeSchedule, fee_schedule
 from tasks.context import Book, ExecutionContext, MarketData, PipelineConfig, SizingConfig
+from tasks.positions import SEGMENT_COLUMNS
 from tradpal.errors import InputError
 from tradpal.io import load_ohlcv, load_signals
 
@@ -255,7 +256,7 @@ def plan_batches(inputs: ReplayInputs, chunk_signals: int) -> list[Batch]:
 def equity_curve(ctx: ExecutionContext) -> pd.DataFrame:
     segs = [s for s in ctx.equity_segments if len(s)]
     if not segs:
-        return pd.DataFrame(columns=["timestamp", "cash", "position_value", "equity"])
+        return pd.DataFrame(columns=SEGMENT_COLUMNS)
     return pd.concat(segs, ignore_index=True)
 
 
@@ -416,8 +417,6 @@ class EquityWriter:
     `write_outputs` renames it to ``equity.csv`` with the other outputs; `abort` removes
     it. The bytes are those `write_numeric_csv` writes for the whole curve at once."""
 
-    COLUMNS = ("timestamp", "cash", "position_value", "equity")
-
     def __init__(self, out_dir: str | Path) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -426,7 +425,7 @@ class EquityWriter:
         fd, tmp = tempfile.mkstemp(dir=out, prefix=".equity.csv.", suffix=".part")
         self.path = Path(tmp)
         self._fh = os.fdopen(fd, "wb")
-        self._fh.write(_csv_header(self.COLUMNS))
+        self._fh.write(_csv_header(SEGMENT_COLUMNS))
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tradpal-equity")
         self._pending: list = []
 
@@ -435,10 +434,9 @@ class EquityWriter:
         for seg in segments:
             if len(seg):
                 self._pending.append(self._pool.submit(self._append, seg))
-        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
 
     def _append(self, seg: pd.DataFrame) -> None:
-        _append_csv(numeric_table(seg[list(self.COLUMNS)]), self._fh)
+        _append_csv(numeric_table(seg[SEGMENT_COLUMNS]), self._fh)
 
     def finish(self) -> Path:
         """Wait for every segment; the complete temporary file (an error in writing is raised here)."""
@@ -477,14 +475,9 @@ def write_outputs(out_dir: str | Path, reports: pd.DataFrame, summary: dict, equ
             Path(equity_file).unlink(missing_ok=True)
         raise
     if equity_file is None:
-        write_numeric_csv(equity[["timestamp", "cash", "position_value", "equity"]], paths[1])
-    elif Path(equity_file).resolve().parent == out:
-        os.replace(equity_file, paths[1])
-    else:  # written for another directory: copied, then removed
-        import shutil
-
-        _atomic(paths[1], lambda tmp: shutil.copyfile(equity_file, tmp))
-        Path(equity_file).unlink()
+        write_numeric_csv(equity[SEGMENT_COLUMNS], paths[1])
+    else:
+        os.replace(equity_file, paths[1])  # written beside it (`EquityWriter`): a rename
     text = json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n"
     _atomic(paths[2], lambda tmp: Path(tmp).write_text(text))
     return paths
