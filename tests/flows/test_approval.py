@@ -5,8 +5,10 @@ approval form; a person answers through the API exactly as the UI does
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
+import traceback
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -42,9 +44,13 @@ class LiveRun:
         except BaseException as exc:  # reported by result()
             self.error = exc
 
-    def result(self, timeout: float = 60.0) -> dict:
+    def result(self, timeout: float = 180.0) -> dict:
+        """The run's summary. Generous: on a loaded 2-core machine the shared test server's
+        SQLite can be busy for a while, and Prefect's client retries (503) until it is not;
+        a run still going after ``timeout`` is reported with where its thread waits."""
         self.thread.join(timeout)
-        assert not self.thread.is_alive(), "live_execution did not finish"
+        assert not self.thread.is_alive(), f"live_execution did not finish in {timeout:.0f} s; it waits in:\n" + (
+            "".join(traceback.format_stack(sys._current_frames()[self.thread.ident])[-12:]))
         if self.error is not None:
             raise self.error
         return self.summary
