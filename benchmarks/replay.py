@@ -16,6 +16,9 @@ Modes (one per process, so peak RSS is per mode):
   against the pipeline's (outside the timing). ``python -m benchmarks`` reports the
   flow's time as a ratio to it.
 
+Every mode runs the replay's default batch (``tradpal.replay.DEFAULT_BATCH`` signals per
+eight task runs); ``TRADPAL_BENCH_CHUNK=N`` runs batches of N instead (for comparison).
+
 Each ``_wall`` line also carries ``cpu_s`` (this process's CPU seconds over the timed part)
 and ``api_cpu_s`` (the ephemeral Prefect API server's, a child process): on a shared 2-core
 machine the wall time follows the load, the CPU seconds much less.
@@ -26,6 +29,7 @@ machine the wall time follows the load, the CPU seconds much less.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +38,7 @@ from benchmarks.common import emit, isolated_prefect, peak_rss_mib
 from benchmarks.synthetic import write_case
 
 ADVANCED = {"slippage_model": "sqrt-impact", "impact_k": 1.0}
+CHUNK = int(os.environ["TRADPAL_BENCH_CHUNK"]) if os.environ.get("TRADPAL_BENCH_CHUNK") else None  # None: default
 N_SYMBOLS = 10
 
 
@@ -46,7 +51,7 @@ def main(mode: str, n_bars: int = 1_000_000, n_signals: int = 5_000) -> None:
         ohlcv, signals = write_case(tmp / "data", n_bars, n_signals)
         db = f"sqlite:///{tmp / 'ledger.db'}"
         kwargs = dict(ohlcv=str(ohlcv), signals=str(signals), symbol="BTC/USDT", cash=1_000_000.0,
-                      fee_rate=0.001, slippage_bps=1.0, out=str(tmp / "out"), database_url=db, chunk_signals=500)
+                      fee_rate=0.001, slippage_bps=1.0, out=str(tmp / "out"), database_url=db, chunk_signals=CHUNK)
         if mode == "direct":
             seconds, summary = _direct(kwargs)
         elif mode == "flow-ungated":  # the flow without its GX market-data gate: the gate's share, apart
@@ -140,7 +145,7 @@ def advanced(mode: str, n_bars: int, n_signals: int) -> None:
     with isolated_prefect() as tmp:
         db = f"sqlite:///{tmp / 'ledger.db'}"
         kwargs: dict = dict(cash=1_000_000.0, fee_rate=0.001, out=str(tmp / "out"), database_url=db,
-                            chunk_signals=500, **ADVANCED)
+                            chunk_signals=CHUNK, **ADVANCED)
         if mode == "advanced":
             ohlcv, signals = write_case(tmp / "data", n_bars, n_signals)
             kwargs.update(ohlcv=str(ohlcv), signals=str(signals), symbol="BTC/USDT")
@@ -238,7 +243,7 @@ def lower_bound_case(n_bars: int, n_signals: int) -> None:
         rss = peak_rss_mib()
         kwargs = dict(ohlcv=str(ohlcv), signals=str(signals), symbol="BTC/USDT", cash=1_000_000.0, fee_rate=0.001,
                       slippage_bps=1.0, out=str(tmp / "pipeline"), database_url=f"sqlite:///{tmp / 'l.db'}",
-                      chunk_signals=500)
+                      chunk_signals=CHUNK)
         _, summary = _direct(kwargs, gate=False)  # the check, outside the timing
         import pandas as pd
 

@@ -80,11 +80,13 @@ def equity_segment(ctx: ExecutionContext, fills: pd.DataFrame, start_ns: int, en
     qty, px, fee = (fills[c].to_numpy("float64") for c in ("last_qty", "last_px", "last_fee"))
     cash_delta = np.where(sign > 0, -(qty * px + fee), qty * px - fee)
     at = np.searchsorted(f_ts, grid, side="right")  # fills up to and including each bar
-    cash = cash_before + np.concatenate([[0.0], np.cumsum(cash_delta)])[at]
+    # running sums that start from the batch's opening book, added in fill order as the book
+    # adds them: the curve is the same to the last bit whatever the batch size
+    cash = np.cumsum(np.concatenate([[cash_before], cash_delta]))[at]
     value = np.zeros(len(grid))
     for sym, ts in zip(symbols, stamps, strict=True):
         mine = (fills["symbol"] == sym).to_numpy()
-        held = positions_before.get(sym, 0.0) + np.concatenate([[0.0], np.cumsum(np.where(mine, sign * qty, 0.0))])[at]
+        held = np.cumsum(np.concatenate([[positions_before.get(sym, 0.0)], np.where(mine, sign * qty, 0.0)]))[at]
         idx = np.searchsorted(ts, grid, side="right") - 1
         close = np.where(idx >= 0, ctx.market.closes(sym)[np.clip(idx, 0, None)], 0.0)
         value += held * close

@@ -218,7 +218,7 @@ def _common(p: argparse.ArgumentParser, chunks: bool = True) -> None:
     p.add_argument("--database-url", help="ledger URL (default: TRADPAL_DATABASE_URL or .tradpal/ledger.db)")
     if chunks:
         p.add_argument("--chunk-signals", type=int, default=None,
-                       help="signals per batch of eight task runs (default 500; 1 with --risk-config)")
+                       help="signals per batch of eight task runs (default 2500; 1 with --risk-config)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -173,6 +173,31 @@ def test_same_inputs_and_seed_give_identical_outputs(tmp_path):
     assert outputs[0][2] != outputs[1][2]  # two runs in one ledger: two run ids
 
 
+@pytest.mark.parametrize("model", [{}, {"slippage_model": "sqrt-impact", "participation": 0.05, "latency_ms": 30_000}],
+                         ids=["basic", "advanced"])
+def test_the_batch_size_changes_no_output(tmp_path, model):
+    """Batches are a unit of work, not of the simulation: one signal per batch, seven, or the
+    default give the same bytes in fills.csv and equity.csv (the equity's running sums start
+    from each batch's opening book, in fill order, as the book adds them) and the same summary."""
+    bars_path = SAMPLE / "BITTREX_ETH-BTC_5m.csv"
+    from tradpal.io import load_ohlcv
+
+    sig = sma_crossover(load_ohlcv(bars_path).head(3000), symbol="ETH/BTC", quantity=1.0)
+    write_signals_csv(sig, tmp_path / "sig.csv")
+    base = ReplayParams(str(bars_path), str(tmp_path / "sig.csv"), "ETH/BTC", 1.0, venue="kraken", **model)
+    outputs = []
+    for chunk in (1, 7, None):
+        result = run(tmp_path, replace(base, chunk_signals=chunk), out=f"out{chunk}")
+        assert result.summary["n_fills"] > 20
+        texts = {name: (tmp_path / f"out{chunk}" / name).read_bytes() for name in ("fills.csv", "equity.csv")}
+        summary = json.loads((tmp_path / f"out{chunk}" / "summary.json").read_text())
+        for key in ("run_id", "flow_run_id"):
+            summary.pop(key)
+        assert summary["params"].pop("chunk_signals") == chunk
+        outputs.append((texts, summary))
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
 # ---------------------------------------------------------------- several symbols
 
 
