@@ -194,6 +194,8 @@ def test_the_batch_size_changes_no_output(tmp_path, model):
         for key in ("run_id", "flow_run_id"):
             summary.pop(key)
         assert summary["params"].pop("chunk_signals") == chunk
+        equity = pd.read_csv(tmp_path / f"out{chunk}" / "equity.csv", float_precision="round_trip")
+        assert equity["cash"].iloc[-1] == summary["final_cash"]  # the book's cash, to the last bit
         outputs.append((texts, summary))
     assert outputs[0] == outputs[1] == outputs[2]
 
