@@ -45,10 +45,10 @@ from tradpal.errors import InputError
 from tradpal.io import load_ohlcv, load_signals
 
 # Signals per batch by default. Each batch is eight task runs, and a task run costs ~5 ms in
-# the flow's process and ~40 ms of the Prefect API server's CPU (2-core machine, README
-# "Performance"); a batch of 2,500 takes ~0.3-0.5 s through the eight steps, so that cost stays
-# well under the batch's own work (at 500 it was more than the work). The UI still shows every
-# step of every batch, and a long replay reports progress per batch.
+# the flow's process and 20-40 ms of the Prefect API server's CPU (2-core machines, README
+# "Benchmarks"): ~0.2-0.35 s per batch. A batch of 500 signals takes ~0.13 s through the eight
+# steps, less than that; a batch of 2,500 ~0.65 s. The UI still shows every step of every
+# batch, and a long replay reports progress per batch.
 DEFAULT_BATCH = 2_500
 
 
