@@ -24,6 +24,14 @@ def test_help_lists_each_command(capsys):
         assert command in out
 
 
+def test_replay_help_gives_the_default_batch(capsys):
+    from tradpal.replay import DEFAULT_BATCH
+
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+    assert f"(default {DEFAULT_BATCH}; 1 with --risk-config)" in " ".join(capsys.readouterr().out.split())
+
+
 def _args(tmp_path, ohlcv, signals, *extra):
     return ["replay", "--ohlcv", str(ohlcv), "--signals", str(signals), "--symbol", "ETH/BTC", "--cash", "1", "--fee-rate", "0.001",
             "--out", str(tmp_path / "out"), "--database-url", f"sqlite:///{tmp_path / 'ledger.db'}", "--quiet", *extra]

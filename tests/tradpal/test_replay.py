@@ -231,7 +231,7 @@ def test_write_outputs_moves_the_streamed_equity_file_into_place(tmp_path):
 
     curve = _curve(50)
     reports = pd.DataFrame(columns=["timestamp", "signal_id", "side", "quantity", "price", "fee"])
-    for where in ("out", "elsewhere"):  # the same directory (renamed), or another (copied)
+    for where in ("out", "elsewhere"):  # written in the output directory or another on the same disk: renamed
         writer = EquityWriter(tmp_path / where)
         writer.add([curve.iloc[:20], curve.iloc[20:]])
         write_outputs(tmp_path / "out", reports, {"n_fills": 0}, curve, writer.finish())
