@@ -281,6 +281,30 @@ def test_a_passing_suite_runs_once_asking_only_pass_or_fail(sample_bars, monkeyp
     assert failure["unexpected_count"] == 1 and failure["unexpected_rows"]
 
 
+def test_the_suites_do_not_hash_the_frame_and_leave_gx_as_it_was(sample_bars, monkeypatch):
+    """GX fingerprints every frame under its HASH_THRESHOLD (a hash of every row); our
+    validations skip it, and the threshold is GX's own again after them, failing or not."""
+    from great_expectations.execution_engine import pandas_execution_engine as engine
+
+    hashed: list[int] = []
+    real_hash = engine.hash_pandas_dataframe
+    monkeypatch.setattr(engine, "hash_pandas_dataframe", lambda df: hashed.append(len(df)) or real_hash(df))
+    before = engine.HASH_THRESHOLD
+    assert check_market_data(sample_bars).success
+    bars, _ = _craft(sample_bars, "negative_volume")
+    assert not check_market_data(bars).success
+    assert hashed == []
+    assert before == engine.HASH_THRESHOLD
+    # outside our validations GX fingerprints as it always did
+    import tradpal.quality as quality
+
+    gx = quality._gx()
+    ctx = quality._context(gx)
+    batch = ctx.data_sources.add_pandas("own").add_dataframe_asset("own").add_batch_definition_whole_dataframe("w")
+    batch.get_batch(batch_parameters={"dataframe": sample_bars})
+    assert hashed == [len(sample_bars)]
+
+
 def test_naive_timestamps_are_read_as_utc(sample_bars):
     naive = sample_bars.assign(timestamp=sample_bars["timestamp"].dt.tz_localize(None))
     assert check_market_data(naive).success
