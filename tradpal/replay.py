@@ -417,12 +417,15 @@ def write_numeric_csv(frame: pd.DataFrame, path: Path) -> None:
 
 
 class EquityWriter:
-    """``equity.csv`` written while a replay runs: each batch's equity segment is turned
-    into text and appended by one background thread while the next batch trades (Arrow
-    formats and writes without holding the GIL, so on two cores this work leaves the
-    replay's own path). The file is a hidden temporary in the output directory until
+    """``equity.csv`` written while a replay runs: each batch's equity segment is cut into
+    pieces of `PIECE_ROWS` rows, turned into text by two background threads (Arrow formats
+    without holding the GIL, so on two cores this work leaves the replay's own path, and
+    the last segment, which the replay waits for, is formatted on both cores) and appended
+    in order by a third. The file is a hidden temporary in the output directory until
     `write_outputs` renames it to ``equity.csv`` with the other outputs; `abort` removes
     it. The bytes are those `write_numeric_csv` writes for the whole curve at once."""
+
+    PIECE_ROWS = 65_536  # ~40 ms of formatting each: the last segment's pieces spread over both cores
 
     def __init__(self, out_dir: str | Path) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -433,17 +436,19 @@ class EquityWriter:
         self.path = Path(tmp)
         self._fh = os.fdopen(fd, "wb")
         self._fh.write(_csv_header(SEGMENT_COLUMNS))
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tradpal-equity")
+        self._format = ThreadPoolExecutor(2, thread_name_prefix="tradpal-equity-format")
+        self._write = ThreadPoolExecutor(1, thread_name_prefix="tradpal-equity-write")  # one: in order
         self._pending: list = []
 
     def add(self, segments: list[pd.DataFrame]) -> None:
         """Append ``segments`` (in order, after those added before), in the background."""
         for seg in segments:
-            if len(seg):
-                self._pending.append(self._pool.submit(self._append, seg))
+            for start in range(0, len(seg), self.PIECE_ROWS):
+                text = self._format.submit(_csv_text, seg, start, start + self.PIECE_ROWS)
+                self._pending.append(self._write.submit(self._append, text))
 
-    def _append(self, seg: pd.DataFrame) -> None:
-        _append_csv(numeric_table(seg[SEGMENT_COLUMNS]), self._fh)
+    def _append(self, text) -> None:
+        self._fh.write(text.result())
 
     def finish(self) -> Path:
         """Wait for every segment; the complete temporary file (an error in writing is raised here)."""
@@ -453,7 +458,8 @@ class EquityWriter:
         except BaseException:
             self.abort()
             raise
-        self._pool.shutdown()
+        self._format.shutdown()
+        self._write.shutdown()
         self._fh.close()
         return self.path
 
@@ -461,9 +467,19 @@ class EquityWriter:
         """Stop and remove the temporary file (a failed replay leaves no equity.csv)."""
         for future in self._pending:
             future.cancel()
-        self._pool.shutdown(wait=True)
+        self._write.shutdown(wait=True, cancel_futures=True)  # first: a write waits on its text
+        self._format.shutdown(wait=True, cancel_futures=True)
         self._fh.close()
         self.path.unlink(missing_ok=True)
+
+
+def _csv_text(segment: pd.DataFrame, start: int, stop: int):
+    """Rows [start, stop) of an equity segment as `_append_csv` writes them, in an Arrow buffer."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    _append_csv(numeric_table(segment[SEGMENT_COLUMNS].iloc[start:stop]), sink)
+    return sink.getvalue()
 
 
 def write_outputs(out_dir: str | Path, reports: pd.DataFrame, summary: dict, equity: pd.DataFrame,

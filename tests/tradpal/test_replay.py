@@ -212,6 +212,20 @@ def test_equity_writer_writes_the_bytes_of_the_whole_curve(tmp_path):
     assert pd.read_csv(path, float_precision="round_trip")["position_value"].tolist() == curve["position_value"].tolist()  # exact round trip
 
 
+def test_equity_writer_pieces_formatted_at_once_are_written_in_order(tmp_path, monkeypatch):
+    """Segments are cut into pieces that two threads format at once: the file still has
+    every row once, in order, as one whole-curve write has them."""
+    from tradpal.replay import EquityWriter, write_numeric_csv
+
+    monkeypatch.setattr(EquityWriter, "PIECE_ROWS", 7)
+    curve = _curve(2000)
+    write_numeric_csv(curve, tmp_path / "whole.csv")
+    writer = EquityWriter(tmp_path / "out")
+    writer.add([curve.iloc[:13], curve.iloc[13:14], curve.iloc[14:1500]])
+    writer.add([curve.iloc[1500:]])
+    assert writer.finish().read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+
 def test_equity_writer_failure_and_abort_leave_no_file(tmp_path):
     from tradpal.replay import EquityWriter
 
