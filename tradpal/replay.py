@@ -221,10 +221,14 @@ def build_context(params: ReplayParams, inputs: ReplayInputs, *, recorder, run_i
         broker.add_market_data(symbol, bars)
     config = PipelineConfig(sizing=SizingConfig("signal"), check_balance=False, order_timeout_s=None,
                             max_price_deviation=1.0, risk=inputs.risk)
-    return ExecutionContext(broker=broker, clock=clock, config=config,
-                            market=MarketData(markets),
-                            book=Book(cash=params.cash, quote_currency=quote), recorder=recorder,
-                            run_id=run_id, namespace=f"replay:{run_id}", strategy="replay")
+    ctx = ExecutionContext(broker=broker, clock=clock, config=config,
+                           market=MarketData(markets),
+                           book=Book(cash=params.cash, quote_currency=quote), recorder=recorder,
+                           run_id=run_id, namespace=f"replay:{run_id}", strategy="replay")
+    # a fresh simulator and a namespace of its own: no bracket leg or entry from before to take
+    # over (monitoring's restart look-ups would only find this run's first batch)
+    ctx.brackets_restored = True
+    return ctx
 
 
 @dataclass(frozen=True)

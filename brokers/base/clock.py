@@ -15,6 +15,8 @@ ClockListener = Callable[[pd.Timestamp], Awaitable[None] | None]
 
 def utc(ts: datetime | pd.Timestamp | str) -> pd.Timestamp:
     """A timezone-aware UTC ``pd.Timestamp`` (naive input is taken as UTC)."""
+    if type(ts) is pd.Timestamp and ts.tzinfo is UTC:  # already one (the usual case): as it is
+        return ts
     t = pd.Timestamp(ts)
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
