@@ -482,7 +482,7 @@ def _csv_text(segment: pd.DataFrame, start: int, stop: int):
     import pyarrow as pa
 
     sink = pa.BufferOutputStream()
-    _append_csv(numeric_table(segment[SEGMENT_COLUMNS].iloc[start:stop]), sink)
+    _append_csv(numeric_table(segment.iloc[start:stop][SEGMENT_COLUMNS]), sink)  # the piece's rows only
     return sink.getvalue()
 
 
