@@ -469,8 +469,6 @@ class EquityWriter:
 
     def abort(self) -> None:
         """Stop and remove the temporary file (a failed replay leaves no equity.csv)."""
-        for future in self._pending:
-            future.cancel()
         self._write.shutdown(wait=True, cancel_futures=True)  # first: a write waits on its text
         self._format.shutdown(wait=True, cancel_futures=True)
         self._fh.close()

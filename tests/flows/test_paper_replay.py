@@ -125,3 +125,27 @@ def test_an_unknown_data_docs_choice_is_refused_before_the_run(prefect_api, tmp_
         asyncio.run(paper_replay(ohlcv=str(SAMPLE / "BITTREX_ETH-BTC_5m.csv"), signals="unused.csv",
                                  symbol="ETH/BTC", database_url=f"sqlite:///{db}", data_docs="sometimes"))
     assert not db.exists()
+
+
+def test_the_replay_tasks_make_no_api_client_of_their_own(prefect_api, tmp_path, monkeypatch):
+    """Load, gate and publish are async tasks, on the flow's API client: a sync task in an
+    async flow builds a sync client of its own, with an SSL context from certifi's bundle
+    (~35 ms each). Prefect itself makes one per flow run (its result-storage look-up)."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    made: list[int] = []
+    real_init = SyncPrefectClient.__init__
+
+    def counted(self, *args, **kwargs):
+        made.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncPrefectClient, "__init__", counted)
+    bars = load_ohlcv(SAMPLE / "BITTREX_ETH-BTC_5m.csv").head(2000)
+    bars.to_csv(tmp_path / "bars.csv", index=False)
+    write_signals_csv(sma_crossover(bars, symbol="ETH/BTC", quantity=1.0), tmp_path / "signals.csv")
+    summary = asyncio.run(paper_replay(ohlcv=str(tmp_path / "bars.csv"), signals=str(tmp_path / "signals.csv"),
+                                       symbol="ETH/BTC", cash=1.0, out=str(tmp_path / "out"),
+                                       database_url=f"sqlite:///{tmp_path / 'ledger.db'}"))
+    assert summary["n_fills"] > 0
+    assert len(made) <= 1  # three more when load, gate and publish were sync tasks
